@@ -1,0 +1,78 @@
+"""The public entry points: ``invert`` and ``reconstruct`` any registered method on any model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .methods import EpsFn, get_method
+from .models.base import Conditioning, DiffusionModel, Prompt
+from .schedule import Schedule
+
+
+@dataclass
+class InversionResult:
+    method: str
+    params: dict[str, Any]
+    state: Any                       # what the method's reconstruction starts from
+    schedule: Schedule
+    guidance: float
+    nfe: int                         # network evaluations per image, counted by the model
+    trajectory: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def latent(self) -> Tensor:
+        """The inverted latent z_N (the first of a pair)."""
+        return self.state if isinstance(self.state, Tensor) else self.state[0]
+
+
+def guided_eps(model: DiffusionModel, schedule: Schedule, cond: Conditioning, guidance: float) -> EpsFn:
+    """``eps(z, i)``: the model's guided noise prediction at schedule level i."""
+    return lambda z, i: model.eps(z, schedule.timesteps[i], cond, guidance)
+
+
+def _setup(model: DiffusionModel, batch: int, cond: Conditioning | Prompt, schedule: Schedule | None,
+           num_steps: int) -> tuple[Schedule, Conditioning]:
+    schedule = schedule or model.schedule(num_steps)
+    model.check_schedule(schedule)
+    return schedule, model.as_conditioning(cond, batch)
+
+
+def invert(method: str, model: DiffusionModel, z0: Tensor, cond: Conditioning | Prompt = None, *,
+           schedule: Schedule | None = None, num_steps: int = 50, guidance: float = 1.0,
+           trajectory: bool = False, progress: bool = False, **params: Any) -> InversionResult:
+    """Invert clean latents ``z0`` (B, ...) to level N with ``method`` and its ``params``.
+
+    ``cond`` is a prompt, one prompt per image, ``None`` (the empty prompt) or a Conditioning.
+    ``trajectory=True`` keeps the per-step dicts the method reports (see ``diffinv.methods.base``).
+    """
+    spec = get_method(method)
+    params = spec.resolve(params)
+    schedule, conditioning = _setup(model, z0.shape[0], cond, schedule, num_steps)
+    steps: list[dict[str, Any]] | None = [] if trajectory else None
+    start = model.nfe
+    with torch.no_grad():
+        state = spec.invert(guided_eps(model, schedule, conditioning, guidance), z0, schedule,
+                            callback=None if steps is None else steps.append, disable=not progress, **params)
+    return InversionResult(method, params, state, schedule, guidance, model.nfe - start, steps)
+
+
+def reconstruct(method: str, model: DiffusionModel, result: InversionResult, cond: Conditioning | Prompt = None,
+                *, schedule: Schedule | None = None, guidance: float | None = None,
+                progress: bool = False) -> Tensor:
+    """Map an inversion back to level 0 with the method's own reconstruction.
+
+    Schedule and guidance default to those of the inversion (exact methods need them equal).
+    """
+    if method != result.method:
+        raise ValueError(f"result was inverted with {result.method!r}, not {method!r}")
+    spec = get_method(method)
+    batch = result.latent.shape[0]
+    schedule, conditioning = _setup(model, batch, cond, schedule or result.schedule, result.schedule.num_steps)
+    guidance = result.guidance if guidance is None else guidance
+    with torch.no_grad():
+        return spec.reconstruct(guided_eps(model, schedule, conditioning, guidance), result.state, schedule,
+                                disable=not progress)

@@ -1,0 +1,74 @@
+"""The method registry: name -> inversion function, its reconstruction, defaults and NFE.
+
+Every inversion function has the signature described in :mod:`diffinv.methods.base`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..schedule import Schedule
+from .aidi_a import aidi_a
+from .aidi_e import aidi_e
+from .base import Callback, EpsFn, ddim_reconstruct, levels
+from .ddim import ddim
+from .fpi import fpi
+from .ife import ife, ife_noerr
+
+_NOT_PARAMS = {"eps", "z0", "sched", "callback", "disable"}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    invert: Callable[..., Any]
+    reconstruct: Callable[..., Any]
+    nfe: Callable[[dict[str, Any], Schedule], int]
+    """Network evaluations of the inversion (before CFG doubling), from the parameters and schedule."""
+    state: str = "latent"
+    defaults: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = inspect.signature(self.invert).parameters.values()
+        defaults = {p.name: p.default for p in params if p.name not in _NOT_PARAMS}
+        object.__setattr__(self, "defaults", defaults)
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.invert) or inspect.getdoc(inspect.getmodule(self.invert)) or ""
+        return doc.split("\n\n")[0].replace("\n", " ")
+
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by ``params``; an unknown name is an error naming the method's parameters."""
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"method {self.name!r} has no parameter {sorted(unknown)}; "
+                            f"its parameters are {self.defaults or 'none'}")
+        return {**self.defaults, **params}
+
+
+def _ife_nfe(p: dict[str, Any], s: Schedule) -> int:
+    return s.num_steps + int(p["error_approximation"] and p["compute_e0"] and s.s(0) > 0)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("ddim", ddim, ddim_reconstruct, lambda p, s: s.num_steps),
+    Method("fpi", fpi, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
+    Method("aidi_e", aidi_e, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
+    Method("aidi_a", aidi_a, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
+    Method("ife", ife, ddim_reconstruct, _ife_nfe),
+    Method("ife_noerr", ife_noerr, ddim_reconstruct, lambda p, s: s.num_steps),
+]}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
+           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr"]

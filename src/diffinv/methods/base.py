@@ -1,0 +1,37 @@
+"""What every method shares: the signature types, the progress loop and DDIM reconstruction.
+
+A method is a pure function ``invert(eps, z0, sched, *, callback=None, disable=True, **params)``.
+``eps(z, i)`` is the guided noise prediction at level i (the method never sees the backend);
+``callback`` receives one dict per step with at least ``i``, ``z_prev`` (z_{i-1}), ``z`` (z_i) and
+``estimate`` (the latent the last network call of the step was made at).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..algebra import transfer
+from ..schedule import Schedule
+
+EpsFn = Callable[[Tensor, int], Tensor]
+Callback = Callable[[dict[str, Any]], None] | None
+
+
+def levels(sched: Schedule, *, reverse: bool = False, disable: bool = True, desc: str = "") -> Iterable[int]:
+    """Levels ``1..N`` (or ``N..1``) with an optional progress bar."""
+    order = range(sched.num_steps, 0, -1) if reverse else range(1, sched.num_steps + 1)
+    return tqdm(order, desc=desc, disable=disable, leave=False)
+
+
+def ddim_reconstruct(eps: EpsFn, zN: Tensor, sched: Schedule, *, callback: Callback = None,
+                     disable: bool = True) -> Tensor:
+    """DDIM sampling from level N to 0: ``z_{i-1} = Phi(i -> i-1; z_i, eps_i(z_i))`` (Song et al., 2021)."""
+    z = zN
+    for i in levels(sched, reverse=True, disable=disable, desc="reconstruct"):
+        z_prev, z = z, transfer(sched, i, i - 1, z, eps(z, i))
+        if callback is not None:
+            callback({"i": i, "z": z, "z_prev": z_prev})
+    return z

@@ -1,0 +1,57 @@
+"""IFE, the iteration-free fixed-point estimator (Chen, Song, Pan, Yu, Yin, Lai, arXiv 2512.08547),
+as reconstructed in ``shared/design/methods.md`` from the paper's abstract and captions.
+
+The ideal step's fixed point is explicit: ``z_i* = (s_i / s_{i-1}) z_{i-1} + kappa_i (z0 + e_i)`` with the
+unknown data-prediction error ``e_i = x* - z0``. IFE replaces ``e_i`` by the previous step's error:
+
+    zhat_i = (s_i / s_{i-1}) z_{i-1} + kappa_i (z0 + e_{i-1})
+    eps    = eps_i(zhat_i)                           # the step's only network call
+    z_i    = Phi(i-1 -> i; z_{i-1}, eps)
+    e_i    = x(i; zhat_i, eps) - z0
+
+``e_0 = 0`` (N NFE in all) unless ``compute_e0`` spends one more call on ``x(0; z0, eps_0(z0)) - z0``.
+With ``s_0 == 0`` the first step is a DDIM step (its error is then 0). ``error_approximation=False``
+(the ``ife_noerr`` ablation) keeps ``e = 0`` throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..algebra import fixed_point_coefficients, predict_data, transfer
+from ..schedule import Schedule
+from .base import Callback, EpsFn, levels
+
+
+def ife(eps: EpsFn, z0: Tensor, sched: Schedule, *, error_approximation: bool = True, compute_e0: bool = False,
+        callback: Callback = None, disable: bool = True) -> Tensor:
+    error = torch.zeros_like(z0)
+    if error_approximation and compute_e0 and sched.s(0) > 0:
+        error = predict_data(sched, 0, z0, eps(z0, 0)) - z0
+    z = z0
+    for i in levels(sched, disable=disable, desc="ife"):
+        if sched.s(i - 1) == 0:   # no fixed point to write down: plain DDIM step
+            estimate = z
+            noise = eps(estimate, i)
+            z_new = transfer(sched, i - 1, i, z, noise)
+            new_error = predict_data(sched, i, z_new, noise) - z0
+        else:
+            ratio, kappa = fixed_point_coefficients(sched, i)
+            estimate = ratio * z + kappa * (z0 + error)
+            noise = eps(estimate, i)
+            z_new = transfer(sched, i - 1, i, z, noise)
+            new_error = predict_data(sched, i, estimate, noise) - z0
+        if not error_approximation:
+            new_error = torch.zeros_like(z0)
+        if callback is not None:
+            callback({"i": i, "z_prev": z, "z": z_new, "estimate": estimate, "error": new_error,
+                      "error_prev": error})
+        z, error = z_new, new_error
+    return z
+
+
+def ife_noerr(eps: EpsFn, z0: Tensor, sched: Schedule, *, callback: Callback = None,
+              disable: bool = True) -> Tensor:
+    """Ablation of :func:`ife` without the error approximation: ``e_{i-1} := 0`` at every step."""
+    return ife(eps, z0, sched, error_approximation=False, callback=callback, disable=disable)

@@ -28,9 +28,10 @@ class StableDiffusionBackend(DiffusionModel):
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.device, self.dtype = torch.device(device), dtype
-        self.unet = unet.to(self.device, dtype).eval()
-        self.vae = vae.to(self.device, dtype).eval()
-        self.text_encoder = text_encoder.to(self.device, dtype).eval()
+        parts = [unet, vae, text_encoder]
+        for part in parts:  # load with the dtype already set: casting here is only for parts built in memory
+            part.to(self.device, *(() if part.dtype == dtype else (dtype,))).eval().requires_grad_(False)
+        self.unet, self.vae, self.text_encoder = parts
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self._prompt_cache: dict[str, Tensor] = {}
@@ -54,9 +55,9 @@ class StableDiffusionBackend(DiffusionModel):
         common = {"revision": None if local else revision, "local_files_only": local_files_only or local}
         weights = {**common, "use_safetensors": True}
         try:
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **weights)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **weights)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **weights)
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
             scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **common)
         except (OSError, EnvironmentError) as exc:

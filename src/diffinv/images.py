@@ -33,7 +33,7 @@ def load_image(path: str | Path, size: int | None = None, multiple: int = 1) -> 
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from exc
     try:
-        return np.asarray(center_crop(image, size, multiple))
+        return np.array(center_crop(image, size, multiple))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 

@@ -1,0 +1,47 @@
+"""Real photographs that ship inside scikit-image, scikit-learn and matplotlib wheels.
+
+They need no download, so the demo preset runs offline on real images.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..images import load_image
+
+# name -> (package, path inside it)
+PHOTOS: dict[str, tuple[str, str]] = {
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "hubble": ("skimage", "data/hubble_deep_field.jpg"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png"),
+    "ihc": ("skimage", "data/ihc.png"),
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    "cat": ("skimage", "data/chelsea.png"),
+    "colorwheel": ("skimage", "data/color.png"),
+    "retina": ("skimage", "data/retina.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
+DEMO_FIT = ("astronaut", "coffee", "rocket", "hubble", "motorcycle", "ihc", "china", "flower")
+DEMO_EVAL = ("cat", "colorwheel", "retina", "grace_hopper")
+
+
+def photo_path(name: str) -> Path:
+    try:
+        package, relative = PHOTOS[name]
+    except KeyError:
+        raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}") from None
+    path = Path(str(resources.files(package).joinpath(relative)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: photo {name!r} is not in the installed {package}")
+    return path
+
+
+def load_photo(name: str, size: int) -> np.ndarray:
+    """The photo centre-cropped and resized to ``size`` x ``size``, uint8 (H, W, 3)."""
+    return load_image(photo_path(name), size=size)

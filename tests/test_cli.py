@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffinv.cli import main
+from diffinv.models import GaussianMixtureDenoiser
+from diffinv.testing import write_tiny_stable_diffusion
+from conftest import random_mixture
+
+
+@pytest.fixture
+def mixture_file(tmp_path):
+    base = random_mixture(k=3, d=3 * 4 * 4, seed=5)
+    path = tmp_path / "gmm.npz"
+    GaussianMixtureDenoiser(base.weights, base.means, base.covariances, patch_size=4).save(path)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (18, 21, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_methods_lists_every_method_with_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "ife " in out and "error_approximation=True" in out and "aidi_a     K=3, m=3" in out
+
+
+def test_invert_writes_reconstruction_and_metrics(mixture_file, photo, tmp_path, capsys):
+    code = main(["invert", str(photo), "--model", str(mixture_file), "--method", "fpi", "--param", "K=2",
+                 "--steps", "10", "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    header, line = capsys.readouterr().out.strip().splitlines()
+    fields = dict(zip(header.split("\t"), line.split("\t")))
+    assert fields["nfe"] == "20" and 0 < float(fields["psnr"]) < 100 and -1 <= float(fields["ssim"]) <= 1
+    recon = np.asarray(Image.open(fields["reconstruction"]))
+    assert recon.shape == (16, 20, 3)  # cropped to a multiple of the patch size
+
+
+def test_a_bad_image_is_one_error_line_and_the_rest_completes(mixture_file, photo, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    code = main(["invert", str(bad), str(photo), "--model", str(mixture_file), "--steps", "5", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.png" in captured.err and "cannot read image" in captured.err
+    assert str(photo) in captured.out
+
+
+def test_bad_method_parameter_fails_before_loading(photo, capsys):
+    assert main(["invert", str(photo), "--model", "nowhere", "--method", "ddim", "--param", "K=2"]) == 2
+    assert "has no parameter ['K']" in capsys.readouterr().err
+
+
+def test_invert_through_a_diffusers_folder(tmp_path, photo, capsys):
+    folder = write_tiny_stable_diffusion(tmp_path / "sd")
+    code = main(["invert", str(photo), "--model", str(folder), "--size", "16", "--steps", "3", "--guidance", "2",
+                 "--prompt", "the cat", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[1].split("\t")
+    assert line[2] == "6"  # 3 steps, CFG counts 2

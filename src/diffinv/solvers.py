@@ -22,22 +22,22 @@ def relative_residual(u: Tensor, fu: Tensor) -> Tensor:
 def anderson_weights(residuals: list[Tensor], ridge: float = 0.0) -> Tensor:
     """Type-II Anderson mixing weights ``gamma = argmin ||sum_j gamma_j r_j||`` with ``sum_j gamma_j = 1``.
 
-    Solved per image through the Gram matrix; ``ridge`` adds ``ridge * mean(diag G)`` to its diagonal.
-    A singular Gram matrix is handled by the pseudo-inverse; if every residual vanishes the newest
-    iterate gets all the weight.
+    Solved per image as the unconstrained least-squares problem ``min ||r_new - D alpha||`` over the
+    differences ``D_j = r_new - r_j`` (then ``gamma_j = alpha_j``, ``gamma_new = 1 - sum alpha``), by
+    pseudo-inverse, so rank-deficient histories (converged or collinear residuals) are handled.
+    ``ridge > 0`` instead solves ``(D^T D + ridge * mean(diag D^T D) I) alpha = D^T r_new``.
     """
-    r = torch.stack([x.flatten(1).double() for x in residuals], dim=1)   # (B, m, D)
-    gram = r @ r.transpose(1, 2)
-    m = gram.shape[-1]
-    if ridge > 0:
+    r = torch.stack([x.flatten(1).double() for x in residuals], dim=2)   # (B, D, m + 1), newest last
+    newest, diffs = r[:, :, -1:], r[:, :, -1:] - r[:, :, :-1]
+    if ridge > 0 and diffs.shape[2] > 0:
+        gram = diffs.transpose(1, 2) @ diffs
         scale = gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
-        gram = gram + ridge * scale * torch.eye(m, dtype=gram.dtype, device=gram.device)
-    y = (torch.linalg.pinv(gram, hermitian=True) @ torch.ones(gram.shape[0], m, 1, dtype=gram.dtype,
-                                                             device=gram.device)).squeeze(-1)
-    total = y.sum(-1, keepdim=True)
-    newest = torch.zeros_like(y)
-    newest[:, -1] = 1.0
-    return torch.where(total.abs() > 0, y / torch.where(total == 0, 1.0, total), newest)
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        alpha = torch.linalg.pinv(gram + ridge * scale * eye, hermitian=True) @ (diffs.transpose(1, 2) @ newest)
+    else:
+        alpha = torch.linalg.pinv(diffs) @ newest
+    alpha = alpha.squeeze(-1)
+    return torch.cat([alpha, 1 - alpha.sum(-1, keepdim=True)], dim=1)
 
 
 @dataclass

@@ -29,7 +29,7 @@ def test_nfe_counted_equals_theory(mixture, mixture_samples, name, guidance):
     assert result.nfe == per_pass * spec.nfe(spec.resolve(params), result.schedule)
     before = mixture.nfe
     reconstruct(name, mixture, result)
-    assert mixture.nfe - before == per_pass * 10
+    assert mixture.nfe - before == per_pass * spec.reconstruct_nfe(result.schedule)
 
 
 def test_unknown_method_and_parameter_are_named(mixture, mixture_samples):

@@ -75,4 +75,4 @@ def reconstruct(method: str, model: DiffusionModel, result: InversionResult, con
     guidance = result.guidance if guidance is None else guidance
     with torch.no_grad():
         return spec.reconstruct(guided_eps(model, schedule, conditioning, guidance), result.state, schedule,
-                                disable=not progress)
+                                disable=not progress, **spec.reconstruct_params(result.params))

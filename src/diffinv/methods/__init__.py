@@ -13,7 +13,10 @@ from ..schedule import Schedule
 from .aidi_a import aidi_a
 from .aidi_e import aidi_e
 from .base import Callback, EpsFn, ddim_reconstruct, levels
+from .bdia import bdia, bdia_reconstruct
+from .belm import belm, belm_reconstruct
 from .ddim import ddim
+from .easyinv import easyinv
 from .fpi import fpi
 from .ife import ife, ife_noerr
 
@@ -28,6 +31,7 @@ class Method:
     nfe: Callable[[dict[str, Any], Schedule], int]
     """Network evaluations of the inversion (before CFG doubling), from the parameters and schedule."""
     state: str = "latent"
+    reconstruct_nfe: Callable[[Schedule], int] = lambda s: s.num_steps
     defaults: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -39,6 +43,11 @@ class Method:
     def summary(self) -> str:
         doc = inspect.getdoc(self.invert) or inspect.getdoc(inspect.getmodule(self.invert)) or ""
         return doc.split("\n\n")[0].replace("\n", " ")
+
+    def reconstruct_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The inversion parameters the reconstruction needs too (e.g. BDIA's gamma)."""
+        wanted = inspect.signature(self.reconstruct).parameters
+        return {k: v for k, v in params.items() if k in wanted and k not in _NOT_PARAMS}
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults overridden by ``params``; an unknown name is an error naming the method's parameters."""
@@ -60,6 +69,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("aidi_a", aidi_a, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
     Method("ife", ife, ddim_reconstruct, _ife_nfe),
     Method("ife_noerr", ife_noerr, ddim_reconstruct, lambda p, s: s.num_steps),
+    Method("easyinv", easyinv, ddim_reconstruct, lambda p, s: s.num_steps),
+    Method("bdia", bdia, bdia_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
+    Method("belm", belm, belm_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
 ]}
 
 
@@ -71,4 +83,4 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
-           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr"]
+           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "easyinv", "bdia", "belm"]

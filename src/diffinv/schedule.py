@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import torch
-
 # The scheduler config shipped with CompVis/stable-diffusion-v1-4 (scheduler/scheduler_config.json).
 # The analytic model uses it too, so both presets walk the same grid.
 STABLE_DIFFUSION_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -83,6 +81,3 @@ class Schedule:
     @classmethod
     def stable_diffusion(cls, num_steps: int = 50) -> "Schedule":
         return cls.from_scheduler_config(STABLE_DIFFUSION_SCHEDULER_CONFIG, num_steps)
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.tensor(self.alpha_bar, dtype=torch.float64)

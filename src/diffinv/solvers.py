@@ -46,7 +46,7 @@ class AndersonResult:
     last_evaluated: Tensor    # the last point F was evaluated at
     evaluations: int
     residual: Tensor          # per image relative residual at the last evaluation
-    converged: bool
+    converged: bool           # always True without a tolerance (all iterations were asked for)
 
 
 def anderson(f: Callable[[Tensor], Tensor], u0: Tensor, *, iterations: int, window: int,

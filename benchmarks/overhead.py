@@ -21,6 +21,7 @@ from diffinv.data import load_photo
 from diffinv.demo import fit_demo_model
 from diffinv.images import to_tensor
 from diffinv.models import StableDiffusionBackend
+from diffinv.schedule import Schedule
 from diffinv.testing import write_tiny_stable_diffusion
 
 
@@ -34,12 +35,8 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def one_nfe_methods(steps: int) -> list[str]:
-    sched_params = {name: m.resolve({}) for name, m in METHODS.items()}
-    from diffinv.schedule import Schedule
-
-    sched = Schedule.stable_diffusion(steps)
-    return [n for n, m in METHODS.items() if m.nfe(sched_params[n], sched) == steps]
+def one_nfe_methods(sched: Schedule) -> list[str]:
+    return [name for name, m in METHODS.items() if m.nfe(m.resolve({}), sched) == sched.num_steps]
 
 
 def measure(label: str, model, z0: torch.Tensor, steps: int, repeats: int) -> None:
@@ -49,7 +46,7 @@ def measure(label: str, model, z0: torch.Tensor, steps: int, repeats: int) -> No
     call = best_time(lambda: model.eps(z0, t_mid, cond), repeats * 5)
     print(f"\n{label}: one model call {call * 1e3:.2f} ms")
     print(f"{'method':<12} {'s/image':>9} {'ratio to N calls':>17}")
-    for name in one_nfe_methods(steps):
+    for name in one_nfe_methods(sched):
         t = best_time(lambda: invert(name, model, z0, cond, schedule=sched), repeats)
         print(f"{name:<12} {t:>9.4f} {t / (steps * call):>17.3f}")
 

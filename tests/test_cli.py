@@ -63,3 +63,8 @@ def test_invert_through_a_diffusers_folder(tmp_path, photo, capsys):
     assert code == 0
     line = capsys.readouterr().out.strip().splitlines()[1].split("\t")
     assert line[2] == "6"  # 3 steps, CFG counts 2
+
+
+def test_size_not_a_multiple_of_the_patch_is_refused(mixture_file, photo):
+    with pytest.raises(SystemExit, match="not a multiple of 4"):
+        main(["invert", str(photo), "--model", str(mixture_file), "--size", "10"])

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .methods import METHODS, get_method
@@ -36,18 +35,15 @@ def load_model(spec: str, device: str | None, dtype: str | None):
     from .models import SD_V1_4, GaussianMixtureDenoiser, StableDiffusionBackend
 
     torch_dtype = getattr(torch, dtype) if dtype else None
-    if spec == "demo":
-        from .demo import fit_demo_model
-
-        path = cache_dir() / "demo-gmm.npz"
-        if not path.exists():
-            print(f"fitting the demo model once (cached in {path}) ...", file=sys.stderr)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fit_demo_model().save(path)
-        return GaussianMixtureDenoiser.load(path, device=device or "cpu", dtype=torch_dtype or torch.float64)
     if spec == "sd-v1-4":
         return StableDiffusionBackend.from_pretrained(SD_V1_4, device=device, dtype=torch_dtype)
-    path = Path(spec)
+    path = cache_dir() / "demo-gmm.npz" if spec == "demo" else Path(spec)
+    if spec == "demo" and not path.exists():
+        from .demo import fit_demo_model
+
+        print(f"fitting the demo model once (cached in {path}) ...", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fit_demo_model().save(path)
     if path.is_dir():
         return StableDiffusionBackend.from_pretrained(path, device=device, dtype=torch_dtype)
     if path.is_file():
@@ -80,13 +76,13 @@ def cmd_invert(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device, args.dtype)
     multiple = model.patch_size if isinstance(model, GaussianMixtureDenoiser) and model.patch_size else 8
     size = args.size if args.size or isinstance(model, GaussianMixtureDenoiser) else 512
+    if size and size % multiple:
+        raise SystemExit(f"--size {size} is not a multiple of {multiple}")
     failures = 0
     print("image\tmethod\tnfe\tmse\tpsnr\tssim\tseconds\treconstruction")
     for path in args.images:
         try:
             image = load_image(path, size=size, multiple=multiple)
-            if size and size % multiple:
-                raise ValueError(f"--size {size} is not a multiple of {multiple}")
             start = time.perf_counter()
             z0 = model.encode(to_tensor(image, dtype=model.dtype))
             result = invert(args.method, model, z0, args.prompt, num_steps=args.steps, guidance=args.guidance,

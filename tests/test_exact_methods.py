@@ -6,7 +6,8 @@ import torch
 from diffinv import invert, reconstruct
 from diffinv.methods.easyinv import SDXL_DEFAULTS
 
-EXACT = [("bdia", {}), ("bdia", {"gamma": 0.94}), ("belm", {})]
+EXACT = [("bdia", {}), ("bdia", {"gamma": 0.94}), ("belm", {}), ("edict", {}), ("edict", {"leapfrog": False}),
+         ("erddci", {})]
 
 
 def rel_error(a, b):

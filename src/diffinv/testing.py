@@ -12,6 +12,10 @@ import torch
 
 from .schedule import STABLE_DIFFUSION_SCHEDULER_CONFIG
 
+# The random tiny VAE's latent means have std ~0.14 on uniform images; this factor brings them to
+# about 1, as SD's 0.18215 does for its VAE, so round-off relative to the latent is SD-like.
+SCALING_FACTOR = 7.0
+
 
 def _byte_symbols() -> list[str]:
     """The printable stand-ins CLIP's byte-level BPE uses for the 256 byte values (GPT-2's table)."""
@@ -48,7 +52,7 @@ def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-        sample_size=16, scaling_factor=0.18215)
+        sample_size=16, scaling_factor=SCALING_FACTOR)
     write_tiny_tokenizer(folder / "tokenizer")
     vocab_size = len(json.loads((folder / "tokenizer" / "vocab.json").read_text()))
     text = CLIPTextModel(CLIPTextConfig(

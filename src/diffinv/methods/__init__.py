@@ -17,6 +17,8 @@ from .bdia import bdia, bdia_reconstruct
 from .belm import belm, belm_reconstruct
 from .ddim import ddim
 from .easyinv import easyinv
+from .edict import edict, edict_reconstruct
+from .erddci import erddci, erddci_reconstruct
 from .fpi import fpi
 from .ife import ife, ife_noerr
 
@@ -72,6 +74,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("easyinv", easyinv, ddim_reconstruct, lambda p, s: s.num_steps),
     Method("bdia", bdia, bdia_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
     Method("belm", belm, belm_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
+    Method("edict", edict, edict_reconstruct, lambda p, s: 2 * s.num_steps, "pair", lambda s: 2 * s.num_steps),
+    Method("erddci", erddci, erddci_reconstruct, lambda p, s: 2 * s.num_steps, "latent + main trajectory"),
 ]}
 
 
@@ -83,4 +87,4 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
-           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "easyinv", "bdia", "belm"]
+           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "easyinv", "bdia", "belm", "edict", "erddci"]

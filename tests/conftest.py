@@ -35,3 +35,12 @@ def mixture():
 @pytest.fixture(scope="session")
 def mixture_samples(mixture):
     return sample_mixture(mixture, 40)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker gets one core's worth of threads; oversubscribed intra-op
+    # threads make small tensor ops many times slower on 2 cores.
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)

@@ -23,10 +23,11 @@ def test_exact_on_the_analytic_model_in_float64(mixture, mixture_samples, name, 
     assert rel_error(reconstruct(name, mixture, result), x) <= 1e-10
 
 
+@pytest.mark.parametrize("steps", [10, 50])
 @pytest.mark.parametrize("name,params", EXACT)
-def test_exact_with_guidance_in_float32(mixture, mixture_samples, name, params):
+def test_exact_with_guidance_in_float32(mixture, mixture_samples, name, params, steps):
     x = mixture_samples[:4].float()
-    result = invert(name, mixture, x, num_steps=50, guidance=3.0, **params)
+    result = invert(name, mixture, x, num_steps=steps, guidance=3.0, **params)
     assert rel_error(reconstruct(name, mixture, result), x) <= 1e-4
 
 

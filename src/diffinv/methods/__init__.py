@@ -21,6 +21,7 @@ from .edict import edict, edict_reconstruct
 from .erddci import erddci, erddci_reconstruct
 from .fpi import fpi
 from .ife import ife, ife_noerr
+from .renoise import renoise
 
 _NOT_PARAMS = {"eps", "z0", "sched", "callback", "disable"}
 
@@ -60,6 +61,13 @@ class Method:
         return {**self.defaults, **params}
 
 
+def _renoise_nfe(p: dict[str, Any], s: Schedule) -> int:
+    early = sum(t < p["first_timestep"] for t in s.timesteps[1:])
+    per_step_reference = int(p["reg_steps"] > 0)
+    return (early * (min(p["max_first"], p["K"]) + 1) + (s.num_steps - early) * (p["K"] + 1)
+            + s.num_steps * per_step_reference)
+
+
 def _ife_nfe(p: dict[str, Any], s: Schedule) -> int:
     return s.num_steps + int(p["error_approximation"] and p["compute_e0"] and s.s(0) > 0)
 
@@ -71,6 +79,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("aidi_a", aidi_a, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
     Method("ife", ife, ddim_reconstruct, _ife_nfe),
     Method("ife_noerr", ife_noerr, ddim_reconstruct, lambda p, s: s.num_steps),
+    Method("renoise", renoise, ddim_reconstruct, _renoise_nfe),
     Method("easyinv", easyinv, ddim_reconstruct, lambda p, s: s.num_steps),
     Method("bdia", bdia, bdia_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
     Method("belm", belm, belm_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
@@ -87,4 +96,4 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
-           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "easyinv", "bdia", "belm", "edict", "erddci"]
+           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"]

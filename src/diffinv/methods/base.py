@@ -20,9 +20,11 @@ EpsFn = Callable[[Tensor, int], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 
 
-def levels(sched: Schedule, *, reverse: bool = False, disable: bool = True, desc: str = "") -> Iterable[int]:
-    """Levels ``1..N`` (or ``N..1``) with an optional progress bar."""
-    order = range(sched.num_steps, 0, -1) if reverse else range(1, sched.num_steps + 1)
+def levels(sched: Schedule, *, reverse: bool = False, top: int | None = None, disable: bool = True,
+           desc: str = "") -> Iterable[int]:
+    """Levels ``1..top`` (or ``top..1``; ``top`` defaults to N) with an optional progress bar."""
+    top = sched.num_steps if top is None else top
+    order = range(top, 0, -1) if reverse else range(1, top + 1)
     return tqdm(order, desc=desc, disable=disable, leave=False)
 
 

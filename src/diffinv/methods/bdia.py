@@ -43,7 +43,7 @@ def bdia_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, 
                      callback: Callback = None, disable: bool = True) -> Tensor:
     _check(gamma)
     newer, z = state
-    for k in range(sched.num_steps - 1, 0, -1):
+    for k in levels(sched, reverse=True, top=sched.num_steps - 1, disable=disable, desc="bdia"):
         noise = eps(z, k)
         z_new = gamma * (newer - transfer(sched, k, k + 1, z, noise)) + transfer(sched, k, k - 1, z, noise)
         if callback is not None:

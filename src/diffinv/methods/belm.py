@@ -43,7 +43,7 @@ def belm(eps: EpsFn, z0: Tensor, sched: Schedule, *, callback: Callback = None,
 def belm_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, *, callback: Callback = None,
                      disable: bool = True) -> Tensor:
     newer, z = state
-    for k in range(sched.num_steps - 1, 0, -1):
+    for k in levels(sched, reverse=True, top=sched.num_steps - 1, disable=disable, desc="belm"):
         h0, h1 = _h(sched, k), _h(sched, k + 1)
         a_prev, a, a_next = sched.a(k - 1), sched.a(k), sched.a(k + 1)
         z_new = ((h0 ** 2 / h1 ** 2) * (a_prev / a_next) * newer

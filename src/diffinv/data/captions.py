@@ -1,0 +1,146 @@
+"""Captioned evaluation images: MS-COCO 2017 val and NOCAPS val.
+
+Both ship a captions file in the COCO captions layout (https://cocodataset.org/#format-data, section
+"Image Captioning"; NOCAPS: https://nocaps.org/download): ``images[]`` with ``id``, ``file_name``,
+``coco_url``, ``width``, ``height`` (NOCAPS adds ``open_images_id``) and ``annotations[]`` with
+``image_id`` and ``caption`` (about 5 per image for COCO, 10 for NOCAPS). A subset is chosen
+deterministically, each image fetched on its own from its ``coco_url``, and the result written to a
+manifest that lists ids explicitly (no directory-listing order, no re-encoding).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+
+from ..download import ChecksumError, DownloadError, Lockfile, atomic_write_text, fetch, file_digest
+
+MANIFEST_COLUMNS = ("id", "file", "url", "caption", "sha256", "status")
+
+
+def _clean_caption(caption: str) -> str:
+    # Some COCO captions end in "\n" or contain line breaks; a prompt is one line.
+    return re.sub(r"\s*[\r\n]+\s*", " ", caption).strip()
+
+
+def select_images(captions_json: str | os.PathLike, count: int, seed: int) -> list[dict]:
+    """``count`` captioned images chosen by ``numpy.random.default_rng(seed)``, sorted by id.
+
+    Candidates are the images with at least one non-blank caption, sorted by id; the choice is
+    ``rng.choice(n, count, replace=False)``, so the result depends only on the file, ``seed`` and
+    ``count``. Each row has ``id`` (str), ``file_name``, ``url`` (the ``coco_url``) and ``caption``:
+    the image's first caption in annotation-file order, stripped, line breaks turned into spaces.
+    """
+    path = Path(captions_json)
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
+        raise ValueError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
+    images: dict[int, dict] = {}
+    for image in data["images"]:
+        if image["id"] in images:
+            raise ValueError(f"{path}: duplicate image id {image['id']}")
+        images[image["id"]] = image
+    first: dict[int, str] = {}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in images:
+            raise ValueError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}")
+        caption = _clean_caption(ann["caption"])
+        if caption and ann["image_id"] not in first:
+            first[ann["image_id"]] = caption
+    ids = sorted(first)
+    if count > len(ids):
+        raise ValueError(f"{path}: asked for {count} images but only {len(ids)} have captions")
+    chosen = sorted(ids[i] for i in np.random.default_rng(seed).choice(len(ids), count, replace=False))
+    return [{"id": str(i), "file_name": images[i]["file_name"], "url": images[i]["coco_url"], "caption": first[i]}
+            for i in chosen]
+
+
+def _is_inside(relative: str) -> bool:
+    """True for a non-empty relative path without ``..``: it cannot leave the folder it is joined to."""
+    posix = PurePosixPath(relative.replace("\\", "/"))
+    return bool(relative) and not posix.is_absolute() and ".." not in posix.parts \
+        and not PureWindowsPath(relative).drive
+
+
+def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> None:
+    """Write rows with exactly :data:`MANIFEST_COLUMNS` as UTF-8 CSV (LF line ends), atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for n, row in enumerate(rows):
+        missing = [c for c in MANIFEST_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"{path}: row {n} (id {row.get('id')!r}) lacks columns {missing}")
+        writer.writerow(row)
+    atomic_write_text(path, out.getvalue())
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Read a manifest written by :func:`write_manifest`, checking its columns, that ids are
+    non-empty and unique and that every ``file`` stays inside the data folder (relative, no ``..``).
+    An empty caption is kept as ``""``: whether that is acceptable is the caller's decision."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: manifest lacks columns {missing}")
+        rows, seen = [], {}
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if None in row:  # DictReader's key for fields beyond the header
+                raise ValueError(f"{where}: more fields than the header")
+            if not row["id"]:
+                raise ValueError(f"{where}: empty id")
+            if row["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            if not _is_inside(row["file"] or ""):
+                raise ValueError(f"{where}: file {row['file']!r} must be a relative path inside the data folder")
+            seen[row["id"]] = reader.line_num
+            rows.append({k: v or "" for k, v in row.items()})
+    return rows
+
+
+def fetch_images(rows: Iterable[dict], folder: str | os.PathLike, lock: Lockfile, *, retries: int = 3,
+                 timeout: float = 60.0) -> list[dict]:
+    """Download each row's ``url`` to ``folder/<file_name>`` and return manifest rows.
+
+    Digests are trusted on first use: a file's SHA-256 is recorded in ``lock`` (keyed by
+    ``file_name``) and every later download must match, otherwise :class:`ChecksumError` stops the run.
+    A file already on disk that matches the lock is not fetched again. A :class:`DownloadError`
+    (e.g. HTTP 404) only marks its row ``"error: <reason>"`` so one dead URL does not stop a
+    1,000-image set. The lock is saved at the end, and also when an exception propagates.
+    """
+    folder = Path(folder)
+    out = []
+    try:
+        for row in rows:
+            name = row["file_name"]
+            if not _is_inside(name):
+                raise ValueError(f"image {row['id']}: file_name {name!r} would leave {folder}")
+            result = {"id": row["id"], "file": name, "url": row["url"], "caption": row["caption"], "sha256": ""}
+            expected = lock.expected(name)
+            try:
+                dest = fetch(row["url"], folder / name, sha256=expected, retries=retries, timeout=timeout)
+            except ChecksumError as exc:
+                if expected is None:
+                    raise
+                raise ChecksumError(f"{exc}; expected digest from entry {name!r} of lock file {lock.path}",
+                                    algorithm=exc.algorithm, expected=exc.expected, actual=exc.actual) from exc
+            except DownloadError as exc:
+                out.append(result | {"status": f"error: {exc}"})
+                continue
+            digest = expected or file_digest(dest)  # fetch already verified `expected`
+            lock.check_or_record(name, digest)
+            out.append(result | {"sha256": digest, "status": "ok"})
+    finally:
+        lock.save()
+    return out

@@ -45,3 +45,35 @@ def photo_path(name: str) -> Path:
 def load_photo(name: str, size: int) -> np.ndarray:
     """The photo centre-cropped and resized to ``size`` x ``size``, uint8 (H, W, 3)."""
     return load_image(photo_path(name), size=size)
+
+
+def package_file(url: str) -> Path:
+    """The file a ``pkg://<package>/<path>`` URL names inside an installed package."""
+    if not url.startswith("pkg://"):
+        raise ValueError(f"{url}: not a pkg://<package>/<path> URL")
+    package, _, relative = url[len("pkg://"):].partition("/")
+    path = Path(str(resources.files(package).joinpath(relative)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{url}: no such file in the installed {package}")
+    return path
+
+
+def export_photos(rows: list[dict], folder: str | Path) -> list[dict]:
+    """Copy each manifest row's packaged photo to ``folder/<file>``, checked against its sha256.
+
+    The committed manifest pins the bytes of the installed package versions (requirements.txt);
+    a different file is an error naming it and both sums, never a silent substitute.
+    """
+    import shutil
+
+    from ..download import ChecksumError, file_digest
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        source = package_file(row["url"])
+        actual = file_digest(source)
+        if actual != row["sha256"]:
+            raise ChecksumError(f"{source} (manifest id {row['id']}): sha256 expected {row['sha256']}, got {actual}")
+        shutil.copyfile(source, folder / row["file"])
+    return rows

@@ -1,0 +1,22 @@
+# The replication workflow of "An Iteration-Free Fixed-Point Estimator for Diffusion Inversion".
+#   snakemake --cores 1                                  # paper preset (config/config.yaml)
+#   snakemake --cores 2 --configfile config/demo.yaml    # offline demo preset
+# Stages: acquire data and weights -> invert + reconstruct per (dataset, run, shard) -> collect
+# per-image rows -> error statistics. See shared design notes in README ("Workflow").
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "rules/common.smk"
+include: "rules/acquire.smk"
+include: "rules/invert.smk"
+include: "rules/stats.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/results.csv",
+        f"{RESULTS}/summary.csv",
+        f"{RESULTS}/error_stats.csv",
+    default_target: True

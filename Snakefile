@@ -2,7 +2,7 @@
 #   snakemake --cores 1                                  # paper preset (config/config.yaml)
 #   snakemake --cores 2 --configfile config/demo.yaml    # offline demo preset
 # Stages: acquire data and weights -> invert + reconstruct per (dataset, run, shard) -> collect
-# per-image rows -> error statistics. See shared design notes in README ("Workflow").
+# per-image rows -> error statistics -> tables. See shared design notes in README ("Workflow").
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/acquire.smk"
 include: "rules/invert.smk"
 include: "rules/stats.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -19,4 +20,5 @@ rule all:
         f"{RESULTS}/results.csv",
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/error_stats.csv",
+        rules.tables.output,
     default_target: True

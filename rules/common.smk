@@ -81,3 +81,12 @@ def captions_input(wildcards):
     if source == "coco":
         return "data/downloads/coco/captions_val2017.json"
     return "data/downloads/nocaps/nocaps_val_4500_captions.json"
+
+
+TABLES = ["table1_reconstruction", "table2_efficiency", "table3_ablation", "table4_iterations", "table5_exact"]
+# Every demo artefact says what it is: the analytic model's numbers are not the paper's.
+TABLE_LABEL = (
+    "demo model (exact Gaussian-mixture denoiser), not the paper's numbers"
+    if MODEL["kind"] == "gaussian_mixture"
+    else f"{MODEL['repo_id']} ({MODEL['dtype']})"
+)

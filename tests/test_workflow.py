@@ -24,7 +24,8 @@ def test_paper_dry_run_lists_every_job(tmp_path):
     shards = {name: math.ceil(spec["count"] / config["shard_size"]) for name, spec in config["datasets"].items()}
     assert counts["invert"] == len(runs) * sum(shards.values())
     assert counts["error_stats"] == len(config["datasets"]) * len(config["error_stats"]["runs"])
-    for rule in ("fetch_weights", "fetch_coco_captions", "fetch_nocaps_captions", "collect", "collect_error_stats"):
+    for rule in ("fetch_weights", "fetch_coco_captions", "fetch_nocaps_captions", "collect", "collect_error_stats",
+                 "tables"):
         assert counts[rule] == 1, rule
     assert counts["acquire"] == 2 and counts["fetch_torchvision_trunk"] == 2
     # every sweep the paper needs is there, and no duplicate of an identical setting

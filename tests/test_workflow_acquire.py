@@ -156,3 +156,19 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_random_model(served, tmp_path):
     assert not any(f["path"].endswith(".bin") for f in weights["files"])
     stats = pd.read_csv(work / "results/acq/error_stats.csv")
     assert len(stats) == 2 * 50  # one image per dataset, every step
+
+
+def test_a_stalled_download_is_retried_then_fails_and_leaves_nothing(served):
+    server, config_path, work, _, _ = served
+    config = yaml.safe_load(config_path.read_text())
+    config["sources"]["nocaps_captions"]["timeout"] = 0.5
+    config_path.write_text(yaml.safe_dump(config))
+    route = server.routes["/nocaps_val_4500_captions.json"]
+    server.routes["/nocaps_val_4500_captions.json"] = Route(route.body, stall=30)
+    output = work / "data/downloads/nocaps/nocaps_val_4500_captions.json"
+    out = snakemake("--cores", "1", str(output.relative_to(work)), "--configfile", str(config_path), cwd=work,
+                    check=False)
+    assert out.returncode != 0
+    assert server.counts["/nocaps_val_4500_captions.json"] == 3
+    assert "DownloadError" in out.stderr and "nocaps_val_4500_captions.json" in out.stderr
+    assert not output.exists() and not list(output.parent.glob("*.part"))

@@ -16,7 +16,8 @@ lock = Lockfile(snakemake.params.lock)
 
 name = Path(source["url"]).name
 download = output.parent / name
-fetch(source["url"], download, sha256=source.get("sha256"), md5=source.get("md5"))
+fetch(source["url"], download, sha256=source.get("sha256"), md5=source.get("md5"),
+      timeout=source.get("timeout", 60.0))
 lock.check_or_record(name, file_digest(download))
 lock.save()
 if name.endswith(".zip"):

@@ -10,7 +10,8 @@ from diffinv.download import ChecksumError, Lockfile, fetch, file_digest
 
 source, output = snakemake.config["sources"][snakemake.params.source], Path(snakemake.output[0])
 output.parent.mkdir(parents=True, exist_ok=True)
-fetch(source["url"], output, sha256=source.get("sha256"), md5=source.get("md5"))
+fetch(source["url"], output, sha256=source.get("sha256"), md5=source.get("md5"),
+      timeout=source.get("timeout", 60.0))
 digest = file_digest(output)
 prefix = snakemake.params.sha256_prefix
 if prefix and not digest.startswith(prefix):

@@ -1,0 +1,214 @@
+"""The paper's tables: numbers equal the per-image means and CIs, aliases resolve, renderings are well formed."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diffinv import tables
+from diffinv.results import mean_ci
+
+DEMO = Path(__file__).resolve().parents[1] / "results" / "demo"
+
+# name, method, params, num_steps, alias_of
+RUNS = [
+    ("ddim", "ddim", {}, 50, ""),
+    ("ife", "ife", {"error_approximation": True, "compute_e0": False}, 50, ""),
+    ("ife_e0", "ife", {"error_approximation": True, "compute_e0": True}, 50, ""),
+    ("ife_noerr", "ife_noerr", {}, 50, ""),
+    ("ife-N10", "ife", {"error_approximation": True, "compute_e0": False}, 10, ""),
+    ("ife-N50", "ife", {"error_approximation": True, "compute_e0": False}, 50, "ife"),
+    ("fpi", "fpi", {"K": 3}, 50, ""),
+    ("fpi-K2", "fpi", {"K": 2}, 50, ""),
+    ("fpi-K3", "fpi", {"K": 3}, 50, "fpi"),
+    ("bdia", "bdia", {}, 50, ""),
+    ("edict", "edict", {}, 50, ""),
+]
+NFE = {"ddim": 50, "ife": 50, "ife_e0": 51, "ife_noerr": 50, "ife-N10": 10, "fpi": 150, "fpi-K2": 100,
+       "bdia": 50, "edict": 100}
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return pd.DataFrame([{"run": n, "method": m, "params": json.dumps(p, sort_keys=True), "num_steps": s,
+                          "guidance": 1.0, "reconstruction_guidance": 1.0, "alias_of": a, "nfe_per_image": 0}
+                         for n, m, p, s, a in RUNS])
+
+
+@pytest.fixture(scope="module")
+def results(runs) -> pd.DataFrame:
+    """Four images per run and dataset; image 3 of every run failed (its numbers must not enter the means)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dataset in ("coco", "photos"):
+        for _, run in runs[runs["alias_of"] == ""].iterrows():
+            for i in range(4):
+                rows.append({"dataset": dataset, "run": run["run"], "method": run["method"], "params": run["params"],
+                             "num_steps": run["num_steps"], "guidance": 1.0, "reconstruction_guidance": 1.0,
+                             "index": i, "id": f"img{i}", "status": "ok" if i < 3 else "error: out of memory",
+                             "nfe_inversion": NFE[run["run"]], "nfe_reconstruction": run["num_steps"],
+                             "seconds_inversion": rng.uniform(1, 2), "seconds_reconstruction": rng.uniform(0.5, 1),
+                             "peak_mem_mb": rng.uniform(100, 200) if i < 3 else 1e6,
+                             "peak_mem_kind": "process_max_rss",
+                             # the failed image carries outlandish numbers so including it would show
+                             **{m: (rng.uniform(0, 1) if i < 3 else 1e3) for m in
+                                ("mse", "ssim", "lpips_alex", "lpips_vgg", "latent_mse")},
+                             "psnr": rng.uniform(20, 40) if i < 3 else -1e3})
+    frame = pd.DataFrame(rows)
+    exact = (frame["run"] == "bdia") & (frame["status"] == "ok")
+    frame.loc[exact, "psnr"] = math.inf  # bit-exact reconstructions
+    return frame
+
+
+def ok_rows(results, dataset, run):
+    return results[(results["dataset"] == dataset) & (results["run"] == run) & (results["status"] == "ok")]
+
+
+def test_reconstruction_values_are_means_and_cis_of_ok_rows(results, runs):
+    table = tables.reconstruction(results, runs, ["ddim", "ife", "fpi"])
+    assert list(zip(table["dataset"], table["run"])) == [(d, r) for d in ("coco", "photos")
+                                                        for r in ("ddim", "ife", "fpi")]
+    for _, row in table.iterrows():
+        ok = ok_rows(results, row["dataset"], row["run"])
+        for metric in ("lpips_alex", "lpips_vgg", "ssim", "psnr", "latent_mse"):
+            mean, ci = mean_ci(ok[metric])
+            assert row[metric] == pytest.approx(mean) and row[f"{metric}_ci95"] == pytest.approx(ci)
+            assert ci > 0
+        assert row["nfe_per_image"] == NFE[row["run"]]
+        assert row["images"] == 4 and row["errors"] == 1
+
+
+def test_error_rows_counted_but_not_averaged(results, runs):
+    row = tables.reconstruction(results, runs, ["ddim"]).iloc[0]
+    assert row["psnr"] > 0 and row["ssim"] < 1  # the failed image's -1000 dB / 1000 would drag these
+    assert (row["images"], row["errors"]) == (4, 1)
+    eff = tables.efficiency(results, runs, ["ddim"]).iloc[0]
+    assert eff["peak_mem_mb"] < 1e6  # the failed image's memory is not the run's peak
+
+
+def test_alias_resolves_to_its_target(results, runs):
+    table = tables.reconstruction(results, runs, ["fpi-K3", "fpi"])
+    alias, target = table[table["dataset"] == "coco"].iloc[0], table[table["dataset"] == "coco"].iloc[1]
+    assert alias["run"] == "fpi-K3" and target["run"] == "fpi"
+    assert alias.drop("run").equals(target.drop("run"))
+    with pytest.raises(KeyError, match="nope"):
+        tables.reconstruction(results, runs, ["nope"])
+
+
+def test_default_tables_skip_aliases(results, runs):
+    names = set(tables.reconstruction(results, runs)["run"])
+    assert names == set(NFE) and "fpi-K3" not in names
+
+
+def test_efficiency(results, runs):
+    table = tables.efficiency(results, runs, ["fpi-K2", "ife-N10"])
+    for _, row in table.iterrows():
+        ok = ok_rows(results, row["dataset"], row["run"])
+        total = ok["seconds_inversion"] + ok["seconds_reconstruction"]
+        assert row["nfe_total"] == NFE[row["run"]] + ok["num_steps"].iloc[0]
+        assert (row["seconds_total"], row["seconds_total_ci95"]) == pytest.approx(mean_ci(total))
+        assert (row["seconds_inversion"], row["seconds_inversion_ci95"]) == pytest.approx(
+            mean_ci(ok["seconds_inversion"]))
+        assert row["images_per_hour"] == pytest.approx(3600 / total.mean())
+        assert row["peak_mem_mb"] == ok["peak_mem_mb"].max() and row["peak_mem_kind"] == "process_max_rss"
+
+
+def test_ablation_flags_from_params(results, runs):
+    table = tables.ablation(results, runs)
+    coco = table[table["dataset"] == "coco"]
+    assert list(coco["run"]) == ["ife_noerr", "ife-N10", "ife", "ife_e0"]  # variant, then N; no alias, no ddim
+    flags = {r: (a, e, n) for r, a, e, n in zip(coco["run"], coco["error_approximation"], coco["e0"], coco["N"])}
+    assert flags == {"ife_noerr": ("no", "–", 50), "ife-N10": ("yes", "zero", 10), "ife": ("yes", "zero", 50),
+                     "ife_e0": ("yes", "computed", 50)}
+    row = coco[coco["run"] == "ife_e0"].iloc[0]
+    assert row["nfe_per_image"] == 51
+    assert (row["ssim"], row["ssim_ci95"]) == pytest.approx(mean_ci(ok_rows(results, "coco", "ife_e0")["ssim"]))
+
+
+def test_iteration_sensitivity_counts_an_alias_k(results, runs):
+    table = tables.iteration_sensitivity(results, runs, methods=("fpi",))
+    coco = table[table["dataset"] == "coco"]
+    # fpi (K=3, also reached as the alias fpi-K3) is the K=3 point, once; IFE at its largest N is the reference.
+    assert list(zip(coco["method"], coco["run"], coco["K"].astype(object))) == [
+        ("fpi", "fpi-K2", 2), ("fpi", "fpi", 3), ("ife", "ife", pd.NA)]
+    k3 = coco.iloc[1]
+    assert k3["nfe_per_image"] == 150
+    assert (k3["psnr"], k3["psnr_ci95"]) == pytest.approx(mean_ci(ok_rows(results, "coco", "fpi")["psnr"]))
+
+
+def test_exact_family(results, runs):
+    table = tables.exact_family(results, runs)
+    assert set(table["run"]) == {"bdia", "edict"}
+    bdia = table[(table["dataset"] == "photos") & (table["run"] == "bdia")].iloc[0]
+    ok = ok_rows(results, "photos", "bdia")
+    assert bdia["psnr"] == math.inf and math.isnan(bdia["psnr_ci95"])
+    assert (bdia["latent_mse"], bdia["latent_mse_ci95"]) == pytest.approx(mean_ci(ok["latent_mse"]))
+    assert bdia["peak_mem_mb"] == ok["peak_mem_mb"].max() and bdia["nfe_per_image"] == 50
+
+
+def test_formatting_of_mean_ci_inf_and_missing():
+    frame = pd.DataFrame({"run": ["a_b", "exact"], "psnr": [35.7312, math.inf], "psnr_ci95": [0.8361, math.nan],
+                          "latent_mse": [math.nan, 1e-5]})
+    md = tables.to_markdown(frame, "cap")
+    assert "| a_b | 35.73 ± 0.84 | – |" in md
+    assert "| exact | ∞ | 1e-05 |" in md
+    tex = tables.to_latex(frame, "cap", "t")
+    assert r"a\_b & 35.73 ± 0.84 & – \\" in tex
+    assert r"exact & $\infty$ & 1e-05 \\" in tex
+
+
+def test_write_table_files(results, runs, tmp_path):
+    frame = tables.reconstruction(results, runs, ["ife_noerr", "ife"])
+    paths = tables.write_table(frame, tmp_path / "tables", "recon_table", "Reconstruction of ife_noerr & co")
+    assert {p.name for p in paths.values()} == {"recon_table.csv", "recon_table.md", "recon_table.tex"}
+
+    md = paths["md"].read_text(encoding="utf-8").splitlines()
+    assert md[0] == "*Reconstruction of ife_noerr & co*"
+    header, separator, body = md[2], md[3], md[4:]
+    assert re.fullmatch(r"\|(:?-{3,}:?\|)+", separator)
+    assert header.count("|") == separator.count("|") and all(r.count("|") == header.count("|") for r in body)
+    assert len(body) == len(frame)
+
+    tex = paths["tex"].read_text(encoding="utf-8")
+    assert r"\caption{Reconstruction of ife\_noerr \& co}" in tex
+    assert re.search(r"\\begin\{tabular\}\{l+r+\}", tex) and tex.index(r"\begin{tabular}") < tex.index(
+        r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule") < tex.index(r"\end{tabular}")
+    # Outside math and the \label key (where LaTeX takes "_" as is) every underscore is escaped.
+    assert r"ife\_noerr" in tex and not re.search(r"(?<!\\)_", re.sub(r"\\label\{[^}]*\}", "", tex))
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert len(rows) == len(frame) + 1 and len({r.count("&") for r in rows}) == 1  # header + rows, same width
+
+    back = tables.read_table(paths["csv"])
+    assert paths["csv"].read_text(encoding="utf-8").startswith("# Reconstruction")
+    pd.testing.assert_frame_equal(back, frame, check_exact=False, rtol=1e-12)
+
+
+def test_csv_keeps_infinity(results, runs, tmp_path):
+    frame = tables.exact_family(results, runs)
+    back = tables.read_table(tables.write_table(frame, tmp_path, "exact", "Exact")["csv"])
+    assert np.isinf(back["psnr"]).sum() == 2 and back["psnr_ci95"].isna().sum() == 2
+    pd.testing.assert_frame_equal(back, frame, check_exact=False, rtol=1e-12)
+
+
+@pytest.mark.skipif(not (DEMO / "results.csv").exists() or not (DEMO / "runs.csv").exists(),
+                    reason="results/demo not generated yet")
+def test_real_demo_results(tmp_path):
+    results, runs = pd.read_csv(DEMO / "results.csv"), pd.read_csv(DEMO / "runs.csv")  # empty alias_of reads as NaN
+    table = tables.reconstruction(results, runs)
+    assert len(table) == results.groupby(["dataset", "run"]).ngroups
+    for _, row in table.iterrows():
+        group = results[(results["dataset"] == row["dataset"]) & (results["run"] == row["run"])]
+        ok = group[group["status"] == "ok"]
+        assert (row["images"], row["errors"]) == (len(group), len(group) - len(ok))
+        mean, ci = mean_ci(ok["psnr"])
+        assert row["psnr"] == pytest.approx(mean, nan_ok=True) and row["psnr_ci95"] == pytest.approx(ci, nan_ok=True)
+    for name, frame in {"reconstruction": table, "efficiency": tables.efficiency(results, runs),
+                        "ablation": tables.ablation(results, runs),
+                        "iterations": tables.iteration_sensitivity(results, runs),
+                        "exact": tables.exact_family(results, runs)}.items():
+        paths = tables.write_table(frame, tmp_path, name, name)
+        assert paths["tex"].read_text(encoding="utf-8").count(r"\\") >= 1

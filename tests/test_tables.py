@@ -3,7 +3,6 @@
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,6 @@ import pytest
 from diffinv import tables
 from diffinv.results import mean_ci
 
-DEMO = Path(__file__).resolve().parents[1] / "results" / "demo"
 
 # name, method, params, num_steps, alias_of
 RUNS = [
@@ -192,23 +190,3 @@ def test_csv_keeps_infinity(results, runs, tmp_path):
     back = tables.read_table(tables.write_table(frame, tmp_path, "exact", "Exact")["csv"])
     assert np.isinf(back["psnr"]).sum() == 2 and back["psnr_ci95"].isna().sum() == 2
     pd.testing.assert_frame_equal(back, frame, check_exact=False, rtol=1e-12)
-
-
-@pytest.mark.skipif(not (DEMO / "results.csv").exists() or not (DEMO / "runs.csv").exists(),
-                    reason="results/demo not generated yet")
-def test_real_demo_results(tmp_path):
-    results, runs = pd.read_csv(DEMO / "results.csv"), pd.read_csv(DEMO / "runs.csv")  # empty alias_of reads as NaN
-    table = tables.reconstruction(results, runs)
-    assert len(table) == results.groupby(["dataset", "run"]).ngroups
-    for _, row in table.iterrows():
-        group = results[(results["dataset"] == row["dataset"]) & (results["run"] == row["run"])]
-        ok = group[group["status"] == "ok"]
-        assert (row["images"], row["errors"]) == (len(group), len(group) - len(ok))
-        mean, ci = mean_ci(ok["psnr"])
-        assert row["psnr"] == pytest.approx(mean, nan_ok=True) and row["psnr_ci95"] == pytest.approx(ci, nan_ok=True)
-    for name, frame in {"reconstruction": table, "efficiency": tables.efficiency(results, runs),
-                        "ablation": tables.ablation(results, runs),
-                        "iterations": tables.iteration_sensitivity(results, runs),
-                        "exact": tables.exact_family(results, runs)}.items():
-        paths = tables.write_table(frame, tmp_path, name, name)
-        assert paths["tex"].read_text(encoding="utf-8").count(r"\\") >= 1

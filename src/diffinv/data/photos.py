@@ -36,10 +36,7 @@ def photo_path(name: str) -> Path:
         package, relative = PHOTOS[name]
     except KeyError:
         raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}") from None
-    path = Path(str(resources.files(package).joinpath(relative)))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: photo {name!r} is not in the installed {package}")
-    return path
+    return package_file(f"pkg://{package}/{relative}")
 
 
 def load_photo(name: str, size: int) -> np.ndarray:

@@ -37,6 +37,9 @@ def test_presets_validate_and_fill_defaults(name):
     (lambda c: c["runs"].update(bdia={"method": "bdia", "guidance": 3.0}), "runs.bdia: an exact method needs"),
     (lambda c: c["model"]["fit"].update(photos=["nowhere"]), "config key model.fit.photos: unknown photos"),
     (lambda c: c["model"].update(resolution=60), "config key model.resolution: must be a multiple"),
+    (lambda c: c["report"].update(qualitative_runs=["ddim", "dim"]), "config key report.qualitative_runs: 'dim'"),
+    (lambda c: c["report"].update(images=5), "config key report.images: 5 images are shown but only"),
+    (lambda c: c["report"].update(iteration_methods=["ddim"]), "config key report.iteration_methods.0"),
 ])
 def test_bad_values_name_their_key(edit, message):
     config = copy.deepcopy(preset())

@@ -190,3 +190,24 @@ def test_csv_keeps_infinity(results, runs, tmp_path):
     back = tables.read_table(tables.write_table(frame, tmp_path, "exact", "Exact")["csv"])
     assert np.isinf(back["psnr"]).sum() == 2 and back["psnr_ci95"].isna().sum() == 2
     pd.testing.assert_frame_equal(back, frame, check_exact=False, rtol=1e-12)
+
+
+def test_paired_differences_are_per_image_and_skip_failed_images(results, runs):
+    table = tables.paired_against(results, runs, "ife", "psnr")
+    assert "ife" not in set(table["run"]) and "fpi-K3" not in set(table["run"])  # no self, no alias
+    row = table[(table["dataset"] == "coco") & (table["run"] == "ddim")].iloc[0]
+    ddim, ife = (ok_rows(results, "coco", r).set_index("id")["psnr"] for r in ("ddim", "ife"))
+    diff = ddim - ife
+    assert row["images"] == 3  # the failed image 3 is in neither
+    assert row["difference"] == pytest.approx(diff.mean())
+    assert row["difference_ci95"] == pytest.approx(mean_ci(diff)[1])
+    assert row["better"] == (diff > 0).sum()
+    exact = table[(table["dataset"] == "coco") & (table["run"] == "bdia")].iloc[0]
+    assert exact["difference"] == math.inf and exact["better"] == 3
+
+
+def test_build_all_labels_every_caption(results, runs):
+    built = tables.build_all(results, runs, ["ddim", "ife"], "demo model, not the paper's numbers")
+    assert list(built) == list(tables.CAPTIONS)
+    assert all("demo model, not the paper's numbers" in caption for _, caption in built.values())
+    assert list(built["table1_reconstruction"][0]["run"].unique()) == ["ddim", "ife"]

@@ -140,6 +140,13 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         if runs[name].method not in ("ife", "ife_noerr", "ddim"):
             raise ConfigError(f"config key error_stats.runs: {name!r} uses {runs[name].method!r}; the estimation "
                               "error is defined for ife, ife_noerr and ddim")
+    report = config["report"]
+    for name in report["qualitative_runs"]:
+        if name not in runs and name not in aliases:
+            raise ConfigError(f"config key report.qualitative_runs: {name!r} is not a configured run")
+    if report["images"] > config["qualitative"]:
+        raise ConfigError(f"config key report.images: {report['images']} images are shown but only the first "
+                          f"qualitative = {config['qualitative']} keep their reconstructions")
     model = config["model"]
     if model["kind"] == "stable_diffusion" and model["resolution"] % 8:
         raise ConfigError("config key model.resolution: Stable Diffusion needs a multiple of 8")

@@ -1,0 +1,200 @@
+"""What the report notebooks read and compute: figure inputs from the workflow's results, the cost
+of the paper preset, and the execution of a notebook into an executed copy plus HTML.
+
+The notebooks stay thin: they call these functions and ``diffinv.figures``/``diffinv.tables``, so
+every number they show is computed by tested library code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import Run, expand_runs, nfe_estimate
+from .data.captions import read_manifest
+from .images import load_image
+
+# ---------------------------------------------------------------- executing notebooks
+
+
+def execute_notebook(source: str | Path, executed: str | Path, html: str | Path | None = None, *,
+                     parameters: dict[str, Any] | None = None, cwd: str | Path = ".") -> None:
+    """Run ``source`` with papermill (``parameters`` injected after its cell tagged ``parameters``)
+    into ``executed``, then render that copy as standalone HTML. A parameter the notebook does not
+    declare is an error; a failing cell raises, and the executed copy up to the failure is kept."""
+    import papermill
+
+    known = papermill.inspect_notebook(str(source))
+    unknown = sorted(set(parameters or {}) - set(known))
+    if unknown:  # papermill would only warn, and the notebook would silently use its defaults
+        raise ValueError(f"{source}: no parameter named {unknown} in its cell tagged 'parameters' "
+                         f"(it has {sorted(known)})")
+    Path(executed).parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(source), str(executed), parameters=parameters or {}, cwd=str(cwd),
+                               progress_bar=False, log_output=False, kernel_name="python3")
+    if html is not None:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter(template_name="lab").from_filename(str(executed))
+        Path(html).write_text(body, encoding="utf-8")
+
+
+# ---------------------------------------------------------------- images for Figures 3 and 4
+
+
+def recon_path(results: str | Path, dataset: str, run: str, image_id: str) -> Path:
+    """The saved reconstruction of one image (the qualitative subset only), whatever its shard."""
+    found = sorted((Path(results) / "recon" / dataset / run).glob(f"*/{image_id}.png"))
+    if not found:
+        raise FileNotFoundError(f"no reconstruction of {image_id!r} for run {run!r} in "
+                                f"{Path(results) / 'recon' / dataset / run} (is it in the qualitative subset?)")
+    return found[0]
+
+
+def originals(manifest: str | Path, images_dir: str | Path, resolution: int, count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` usable images of a manifest, cropped and resized as the runs saw them."""
+    out: dict[str, np.ndarray] = {}
+    for item in read_manifest(manifest):
+        if len(out) == count:
+            break
+        if item.get("status", "ok") == "ok":
+            out[item["id"]] = load_image(Path(images_dir) / item["file"], size=resolution)
+    return out
+
+
+def grid_cells(results: str | Path, rows: pd.DataFrame, dataset: str, images: dict[str, np.ndarray],
+               runs: Sequence[str | None]) -> tuple[list[list[np.ndarray | None]], list[list[str]]]:
+    """Per image: the original, then each run's reconstruction (``None`` leaves a blank cell); the
+    caption under each reconstruction is that image's PSNR from ``results.csv``."""
+    psnr = rows[rows["dataset"] == dataset].set_index(["run", "id"])["psnr"]
+    cells, captions = [], []
+    for image_id, original in images.items():
+        row, text = [original], [""]
+        for run in runs:
+            if run is None:
+                row.append(None)
+                text.append("")
+                continue
+            row.append(np.asarray(_read_png(recon_path(results, dataset, run, image_id))))
+            text.append(_psnr_text(psnr.get((run, image_id), float("nan"))))
+        cells.append(row)
+        captions.append(text)
+    return cells, captions
+
+
+def iteration_grid(results: str | Path, rows: pd.DataFrame, sweep: pd.DataFrame, dataset: str,
+                   images: dict[str, np.ndarray], methods: Sequence[str]) -> dict[str, Any]:
+    """Figure 4's cells from Table 4's rows (``tables.iteration_sensitivity``): per image a block of
+    one row per method, one column per K; the first column holds the original and IFE."""
+    from .figures import name
+
+    sweep = sweep[sweep["dataset"] == dataset]
+    ks = sorted({int(k) for k in sweep["K"].dropna()})
+    ife = sweep[sweep["method"] == "ife"]["run"].tolist()
+    methods = [m for m in methods if (sweep["method"] == m).any()]
+    psnr = rows[rows["dataset"] == dataset].set_index(["run", "id"])["psnr"]
+    cells, captions, row_titles = [], [], []
+    for image_id, original in images.items():
+        for index, method in enumerate(methods):
+            first: np.ndarray | None = None
+            first_caption = ""
+            if index == 0:
+                first = original
+                first_caption = f"original ({image_id})"
+            elif index == 1 and ife:
+                first = _read_png(recon_path(results, dataset, ife[0], image_id))
+                first_caption = f"IFE ({ife[0]}): {_psnr_text(psnr.get((ife[0], image_id), float('nan')))}"
+            row, text = [first], [first_caption]
+            by_k = sweep[sweep["method"] == method].set_index("K")["run"]
+            for k in ks:
+                run = by_k.get(k)
+                row.append(None if run is None else _read_png(recon_path(results, dataset, run, image_id)))
+                text.append("" if run is None else _psnr_text(psnr.get((run, image_id), float("nan"))))
+            cells.append(row)
+            captions.append(text)
+            row_titles.append(name(method))
+    return {"cells": cells, "captions": captions, "row_titles": row_titles,
+            "column_titles": ["reference", *[f"K = {k}" for k in ks]]}
+
+
+def _psnr_text(value: float) -> str:
+    return "exact (∞ dB)" if np.isposinf(value) else f"{value:.1f} dB"
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"))
+
+
+# ---------------------------------------------------------------- quality against cost
+
+
+def cost_points(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One point per computed run, pooled over datasets: mean inversion NFE and seconds, mean quality."""
+    computed = runs[runs["alias_of"].fillna("") == ""].set_index("run")
+    ok = rows[(rows["status"] == "ok") & rows["run"].isin(computed.index)]
+    grouped = ok.groupby("run", sort=False)
+    points = pd.DataFrame({"method": grouped["method"].first(), "nfe": grouped["nfe_inversion"].mean(),
+                           "seconds": grouped["seconds_inversion"].mean(), "psnr": grouped["psnr"].mean(),
+                           "ssim": grouped["ssim"].mean(), "images": grouped.size()})
+    for metric in ("lpips_alex", "lpips_vgg"):
+        if metric in ok:
+            points[metric] = grouped[metric].mean()
+    points["num_steps"] = computed.loc[points.index, "num_steps"]
+    points["params"] = computed.loc[points.index, "params"]
+    return points.reset_index()
+
+
+# ---------------------------------------------------------------- the paper preset's budget
+
+
+def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs: pd.DataFrame,
+                  seconds_per_nfe: float) -> pd.DataFrame:
+    """Network evaluations and GPU-hours of every run of a preset (normally the paper's).
+
+    NFE per image (inversion + reconstruction) is taken from ``measured`` rows of a run with the same
+    method, parameters, step count and guidance, since NFE does not depend on the network; a run
+    without such a measurement falls back to the method registry's formula, and the ``nfe_source``
+    column says which. GPU-hours = images x NFE x ``seconds_per_nfe`` / 3600 (an assumed rate).
+    """
+    runs, _ = expand_runs(config)
+    images = sum(spec.get("count", 0) for spec in config["datasets"].values())
+    by_setting = _measured_nfe(measured, measured_runs)
+    out = []
+    for run in runs.values():
+        nfe = by_setting.get(run.signature)
+        out.append({"run": run.name, "method": run.method, "images": images,
+                    "nfe_round_trip": nfe if nfe is not None else float(nfe_estimate(run)),
+                    "nfe_source": "measured" if nfe is not None else "formula"})
+    stats = config["error_stats"]
+    for name in stats["runs"]:
+        run = runs[name]
+        # The reference solve may take up to max_iter evaluations per step: an upper bound.
+        out.append({"run": f"error statistics: {name}", "method": run.method,
+                    "images": stats["images"] * len(config["datasets"]),
+                    "nfe_round_trip": float(nfe_estimate(run) + run.num_steps * stats["max_iter"]),
+                    "nfe_source": "bound"})
+    table = pd.DataFrame(out)
+    table["nfe_all_images"] = table["images"] * table["nfe_round_trip"]
+    table["gpu_hours"] = table["nfe_all_images"] * seconds_per_nfe / 3600.0
+    total = {"run": "total", "method": "", "nfe_source": "",
+             "nfe_all_images": table["nfe_all_images"].sum(), "gpu_hours": table["gpu_hours"].sum()}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+def _measured_nfe(rows: pd.DataFrame, runs: pd.DataFrame) -> dict[str, float]:
+    ok = rows[rows["status"] == "ok"]
+    per_run = (ok["nfe_inversion"] + ok["nfe_reconstruction"]).groupby(ok["run"]).mean()
+    out = {}
+    for _, spec in runs[runs["alias_of"].fillna("") == ""].iterrows():
+        if spec["run"] in per_run:
+            run = Run(spec["run"], spec["method"], json.loads(spec["params"] or "{}"), int(spec["num_steps"]),
+                      float(spec["guidance"]), float(spec["reconstruction_guidance"]))
+            out[run.signature] = float(per_run[spec["run"]])
+    return out

@@ -2,7 +2,8 @@
 #   snakemake --cores 1                                  # paper preset (config/config.yaml)
 #   snakemake --cores 2 --configfile config/demo.yaml    # offline demo preset
 # Stages: acquire data and weights -> invert + reconstruct per (dataset, run, shard) -> collect
-# per-image rows -> error statistics -> tables. See shared design notes in README ("Workflow").
+# per-image rows -> error statistics -> tables and figures, each group made by an executed notebook
+# (notebooks/). See README ("Workflow").
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,4 +22,7 @@ rule all:
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/error_stats.csv",
         rules.tables.output,
+        rules.error_figure.output,
+        rules.qualitative_figures.output,
+        rules.efficiency_figure.output,
     default_target: True

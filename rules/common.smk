@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from diffinv.config import nfe_estimate, prepare, shard_ranges  # noqa: E402
+from diffinv.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
 
 
 # The paper preset is the default; `--configfile config/demo.yaml` replaces it instead of being
@@ -83,10 +84,57 @@ def captions_input(wildcards):
     return "data/downloads/nocaps/nocaps_val_4500_captions.json"
 
 
-TABLES = ["table1_reconstruction", "table2_efficiency", "table3_ablation", "table4_iterations", "table5_exact"]
+TABLES = list(TABLE_CAPTIONS)  # table1_reconstruction ... table5_exact
 # Every demo artefact says what it is: the analytic model's numbers are not the paper's.
 TABLE_LABEL = (
     "demo model (exact Gaussian-mixture denoiser), not the paper's numbers"
     if MODEL["kind"] == "gaussian_mixture"
     else f"{MODEL['repo_id']} ({MODEL['dtype']})"
 )
+
+
+# Report (rules/report.smk): notebooks and what each one writes.
+PRESET = config["preset"]
+REPORT = config["report"]
+FIGURES_DIR = f"figures/{PRESET}"
+TABLES_DIR = f"tables/{PRESET}"
+
+
+def notebook(name):
+    """Notebooks and presets belong to the workflow, not to the working directory (`--directory`)."""
+    return f"{workflow.basedir}/notebooks/{name}.ipynb"
+
+
+WORKFLOW_CONFIG = {"paper_config": f"{workflow.basedir}/config/config.yaml",
+                   "schema": f"{workflow.basedir}/config/schema.yaml"}
+
+
+def executed(name):
+    return {"executed": f"{RESULTS}/notebooks/{name}.ipynb", "html": f"{RESULTS}/notebooks/{name}.html"}
+
+
+def figure(stem):
+    return [f"{FIGURES_DIR}/{stem}.{ext}" for ext in ("png", "pdf")]
+
+
+def table(name):
+    return [f"{TABLES_DIR}/{name}.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def shown_recon(wildcards=None):
+    """Saved reconstructions of every run on the shards holding the images Figures 3 and 4 show."""
+    wanted = []
+    for dataset in DATASETS:
+        for shard, (first, _) in zip(shards(dataset), shard_ranges(image_count(dataset), config["shard_size"])):
+            if first < REPORT["images"]:
+                wanted += [f"{RESULTS}/recon/{dataset}/{run}/{shard}" for run in RUNS]
+    return wanted
+
+
+REPORT_OUTPUTS = {
+    "tables": [table(name) for name in TABLES] + [table("paired_psnr_vs_ife")],
+    "error_statistics": figure("figure2_error_statistics"),
+    "qualitative": [figure(f"figure{k}_{dataset}") for dataset in DATASETS
+                    for k in ("3_qualitative", "4_iterations")],
+    "efficiency": figure("quality_vs_cost") + table("paper_budget"),
+}

@@ -1,20 +1,92 @@
-# Stage 4: the paper's tables from the per-image rows, as CSV, Markdown and LaTeX.
-# (Figures and notebooks: issue 5.)
+# Stage 4: tables and figures. Each group is a notebook in notebooks/, executed with papermill on the
+# results above; the notebook writes the artefacts, and its executed copy and an HTML rendering go to
+# results/<preset>/notebooks/ so every number can be traced to the code and rows that made it.
 
 
 rule tables:
+    """Tables 1-5 and the paired comparison with IFE."""
     input:
+        notebook=notebook("tables"),
         rows=f"{RESULTS}/results.csv",
         runs=f"{RESULTS}/runs.csv",
     output:
-        [f"tables/{config['preset']}/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")],
+        REPORT_OUTPUTS["tables"],
+        **executed("tables"),
     params:
-        base_runs=list(config["runs"]),
-        label=TABLE_LABEL,
+        parameters={"results": RESULTS, "tables_dir": TABLES_DIR, "base_runs": list(config["runs"]),
+                    "label": TABLE_LABEL},
     log:
-        f"logs/{config['preset']}/tables.log",
+        f"logs/{PRESET}/report/tables.log",
     localrule: True
     conda:
         "../envs/diffinv.yaml"
     script:
-        "scripts/tables.py"
+        "scripts/run_notebook.py"
+
+
+rule error_figure:
+    """Figure 2: histograms of the fixed-point estimation error's sample mean and variance."""
+    input:
+        notebook=notebook("error_statistics"),
+        stats=f"{RESULTS}/error_stats.csv",
+    output:
+        REPORT_OUTPUTS["error_statistics"],
+        **executed("error_statistics"),
+    params:
+        parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "runs": config["error_stats"]["runs"],
+                    "label": TABLE_LABEL},
+    log:
+        f"logs/{PRESET}/report/error_statistics.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/run_notebook.py"
+
+
+rule qualitative_figures:
+    """Figures 3 and 4: reconstructions beside the original, and the fixed-point baselines over K."""
+    input:
+        notebook=notebook("qualitative"),
+        rows=f"{RESULTS}/results.csv",
+        runs=f"{RESULTS}/runs.csv",
+        manifests=[f"{RESULTS}/data/{dataset}.csv" for dataset in DATASETS],
+        images=[f"data/downloads/{dataset}/images" for dataset in DATASETS],
+        recon=shown_recon,
+    output:
+        REPORT_OUTPUTS["qualitative"],
+        **executed("qualitative"),
+    params:
+        parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "downloads": "data/downloads",
+                    "datasets": list(DATASETS), "resolution": MODEL["resolution"], "images": REPORT["images"],
+                    "qualitative_runs": REPORT["qualitative_runs"], "iteration_methods": REPORT["iteration_methods"],
+                    "label": TABLE_LABEL},
+    log:
+        f"logs/{PRESET}/report/qualitative.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/run_notebook.py"
+
+
+rule efficiency_figure:
+    """Quality against NFE and seconds; the paper preset's GPU-hours from the NFE measured here."""
+    input:
+        notebook=notebook("efficiency"),
+        rows=f"{RESULTS}/results.csv",
+        runs=f"{RESULTS}/runs.csv",
+        **WORKFLOW_CONFIG,
+    output:
+        REPORT_OUTPUTS["efficiency"],
+        **executed("efficiency"),
+    params:
+        parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "tables_dir": TABLES_DIR,
+                    **WORKFLOW_CONFIG, "label": TABLE_LABEL},
+    log:
+        f"logs/{PRESET}/report/efficiency.log",
+    localrule: True
+    conda:
+        "../envs/diffinv.yaml"
+    script:
+        "scripts/run_notebook.py"

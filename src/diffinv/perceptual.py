@@ -14,6 +14,7 @@ Inputs follow the LPIPS spec: RGB in [-1, 1] (``normalize=False``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import hashlib
@@ -120,7 +121,24 @@ def _prototype(net: str) -> lpips.LPIPS:
                         r"Arguments other than a weight enum or `None` for 'weights' are deprecated"):
             warnings.filterwarnings("ignore", message=message, category=UserWarning,
                                     module=r"torchvision\.models\._utils")
-        return lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+        with _without_random_init():
+            return lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+
+
+@contextlib.contextmanager
+def _without_random_init():
+    """Skip torch.nn.init's fills while the nets are built (VGG16 spends about 2 s on them): the trunk is
+    overwritten by ``load_lpips``, which checks it covers every trunk parameter, the heads by lpips'
+    own weights, and the classifier is discarded. The transformers library does the same when loading."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _build(net: str) -> lpips.LPIPS:

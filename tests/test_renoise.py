@@ -62,3 +62,32 @@ def test_batch_equals_images_one_by_one_despite_random_shifts(folder):
     batch = invert("renoise", model, z0, num_steps=5).latent
     single = torch.cat([invert("renoise", model, z0[b:b + 1], num_steps=5).latent for b in range(2)])
     torch.testing.assert_close(batch, single)
+
+
+def looped_auto_correlation(e, generator):
+    """The official loop, channel by channel (pix2pix-zero / ReNoise), as the reference."""
+    import torch.nn.functional as F
+
+    loss = e.new_zeros(())
+    for channel in e:
+        noise = channel[None, None]
+        while True:
+            shift = int(torch.randint(0, max(noise.shape[2] // 2, 1), (1,), generator=generator))
+            loss = loss + (noise * noise.roll(shift, dims=2)).mean() ** 2
+            loss = loss + (noise * noise.roll(shift, dims=3)).mean() ** 2
+            if noise.shape[2] <= 8:
+                break
+            noise = F.avg_pool2d(noise, kernel_size=2)
+    return loss
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 64), (3, 40, 24), (2, 8, 8), (4, 5, 7), (3, 37, 21)])
+def test_closed_form_auto_correlation_gradient_equals_autograd_through_the_official_loop(shape):
+    from diffinv.methods.renoise import auto_correlation_grad
+
+    e = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = e.clone().requires_grad_(True)
+    loss = looped_auto_correlation(x, torch.Generator().manual_seed(7))
+    (expected,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(auto_correlation_grad(e, torch.Generator().manual_seed(7)), expected,
+                               rtol=1e-10, atol=1e-15)

@@ -50,25 +50,38 @@ def patch_kl(e: Tensor, reference: Tensor, patch: int = 4) -> Tensor:
     return kl.abs().sum()
 
 
-def auto_correlation(e: Tensor, generator: torch.Generator) -> Tensor:
-    """Sum over channels and an average-pooling pyramid of squared mean products with a shifted copy."""
-    loss = e.new_zeros(())
+def auto_correlation_grad(e: Tensor, generator: torch.Generator) -> Tensor:
+    """Gradient of pix2pix-zero's auto-correlation loss on one image's noise (C, H, W), in closed form.
+
+    The loss sums, over channels, both spatial axes and an average-pooling pyramid (halving while the
+    height exceeds 8), ``m^2`` with ``m = mean(n * roll(n, s))`` over the level's N elements and a random
+    shift ``s`` below half its height, drawn per channel and level in the official loop's order. Then
+    ``d m^2 / d n = 2 m (roll(n, s) + roll(n, -s)) / N``, and a level's gradient reaches the level above
+    through the adjoint of 2 x 2 average pooling. (Autograd through the loss was ReNoise's main cost.)
+    """
+    grads = []
     for channel in e:
-        noise = channel[None, None]
-        while True:
-            shift = int(torch.randint(0, max(noise.shape[2] // 2, 1), (1,), generator=generator))
-            loss = loss + (noise * noise.roll(shift, dims=2)).mean() ** 2
-            loss = loss + (noise * noise.roll(shift, dims=3)).mean() ** 2
-            if noise.shape[2] <= 8:
-                break
-            noise = F.avg_pool2d(noise, kernel_size=2)
-    return loss
+        levels = [channel]
+        shifts = [int(torch.randint(0, max(channel.shape[0] // 2, 1), (1,), generator=generator))]
+        while levels[-1].shape[0] > 8:
+            levels.append(F.avg_pool2d(levels[-1][None, None], kernel_size=2)[0, 0])
+            shifts.append(int(torch.randint(0, max(levels[-1].shape[0] // 2, 1), (1,), generator=generator)))
+        grad = torch.zeros_like(levels[-1])
+        for level in range(len(levels) - 1, -1, -1):
+            noise, shift = levels[level], shifts[level]
+            if level < len(levels) - 1:  # pooling's adjoint: a quarter of each cell to its 2 x 2 block
+                h, w = grad.shape
+                spread = torch.zeros_like(noise)
+                spread[: 2 * h, : 2 * w] = grad.repeat_interleave(2, 0).repeat_interleave(2, 1) / 4
+                grad = spread
+            for dim in (0, 1):
+                ahead, behind = noise.roll(shift, dim), noise.roll(-shift, dim)
+                grad = grad + (2 * (noise * ahead).mean() / noise.numel()) * (ahead + behind)
+        grads.append(grad)
+    return torch.stack(grads)
 
 
-def _descend(e: Tensor, loss_fn, rate: float, clip: float | None, nan_guard: bool) -> Tensor:
-    with torch.enable_grad():
-        var = e.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_fn(var), var)
+def _descend(e: Tensor, grad: Tensor, rate: float, clip: float | None, nan_guard: bool) -> Tensor:
     if clip is not None:
         grad = grad.clamp(-clip, clip)
     if nan_guard and not bool(torch.isfinite(grad).all()):
@@ -76,15 +89,22 @@ def _descend(e: Tensor, loss_fn, rate: float, clip: float | None, nan_guard: boo
     return e - rate * grad
 
 
+def _kl_grad(e: Tensor, reference: Tensor) -> Tensor:
+    with torch.enable_grad():
+        var = e.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(patch_kl(var, reference), var)
+    return grad
+
+
 def regularize_noise(e: Tensor, reference: Tensor, generator: torch.Generator, *, lambda_kl: float,
                      lambda_ac: float, reg_steps: int, ac_rolls: int, nan_guard: bool) -> Tensor:
     """The ReNoise noise regulariser on one image's noise (C, H, W)."""
     for _ in range(reg_steps):
         if lambda_kl > 0:
-            e = _descend(e, lambda x: patch_kl(x, reference), lambda_kl, 100.0, nan_guard)
+            e = _descend(e, _kl_grad(e, reference), lambda_kl, 100.0, nan_guard)
         if lambda_ac > 0:
             for _ in range(ac_rolls):
-                e = _descend(e, lambda x: auto_correlation(x, generator), lambda_ac / ac_rolls, None, nan_guard)
+                e = _descend(e, auto_correlation_grad(e, generator), lambda_ac / ac_rolls, None, nan_guard)
     return e
 
 

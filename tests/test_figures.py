@@ -81,3 +81,10 @@ def test_quality_vs_cost_joins_families_and_puts_exact_methods_on_top(tmp_path):
     top = max(point[1] for c in nfe_axis.collections for point in c.get_offsets())
     assert top > 31.0  # the exact method sits above every finite point
     check_files(figures.save(fig, tmp_path / "cost"))
+
+
+def test_placeholder_says_why_it_is_empty(tmp_path):
+    fig = figures.placeholder("No run of FPI with a K in this preset", label="demo model")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["No run of FPI with a K in this preset"]
+    with Image.open(figures.save(fig, tmp_path / "empty")["png"]) as im:
+        assert im.width > 300

@@ -140,6 +140,7 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_random_model(served, tmp_path):
     config["error_stats"] = {"runs": ["ife"], "images": 1, "tol": 1e-4, "max_iter": 20}
     config["shard_size"] = 2
     config["qualitative"] = 1
+    config["report"] = {"images": 1, "qualitative_runs": ["ddim", "ife"]}  # no FPI/AIDI/ReNoise: Figure 4 says so
     config["sources"]["hf_endpoint"] = server.url
     config_path.write_text(yaml.safe_dump(config))
 
@@ -156,6 +157,11 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_random_model(served, tmp_path):
     assert not any(f["path"].endswith(".bin") for f in weights["files"])
     stats = pd.read_csv(work / "results/acq/error_stats.csv")
     assert len(stats) == 2 * 50  # one image per dataset, every step
+    figures = sorted(p.name for p in (work / "figures/acq").iterdir())
+    assert figures == sorted(f"{stem}.{ext}" for ext in ("png", "pdf") for stem in (
+        "figure2_error_statistics", "figure3_qualitative_coco", "figure3_qualitative_nocaps",
+        "figure4_iterations_coco", "figure4_iterations_nocaps", "quality_vs_cost"))
+    assert "test/tiny-sd (float32)" in (work / "tables/acq/table1_reconstruction.md").read_text()
 
 
 def test_a_stalled_download_is_retried_then_fails_and_leaves_nothing(served):

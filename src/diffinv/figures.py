@@ -130,6 +130,16 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], *, column_titles: S
     return fig
 
 
+def placeholder(text: str, *, label: str = "") -> Figure:
+    """A figure that says why there is nothing to draw (e.g. a preset without the runs it needs)."""
+    theme()
+    fig, ax = plt.subplots(figsize=(4.5, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
+    _footer(fig, label)
+    return fig
+
+
 # ---------------------------------------------------------------- quality against cost
 
 def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label: str = "PSNR (dB)",

@@ -11,7 +11,7 @@ from diffinv.runs import error_statistics, load_model
 
 config, stats = snakemake.config, snakemake.config["error_stats"]
 model = load_model(config["model"], snakemake.input.weights)
-items = read_manifest(snakemake.input.manifest)[: stats["images"]]
+items = read_manifest(snakemake.input.manifest, strict=False)[: stats["images"]]
 rows = error_statistics(model, snakemake.params.run, items, images_dir=snakemake.params.images,
                         resolution=config["model"]["resolution"], prompt=config["inversion"]["prompt"],
                         tol=stats["tol"], max_iter=stats["max_iter"])

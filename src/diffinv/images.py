@@ -25,13 +25,51 @@ def center_crop(image: Image.Image, size: int | None = None, multiple: int = 1) 
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def load_image(path: str | Path, size: int | None = None, multiple: int = 1) -> np.ndarray:
-    """An RGB image as uint8 (H, W, 3), EXIF orientation applied; errors name the file."""
+# Pillow's own decompression-bomb threshold; larger files are refused before they are decoded.
+MAX_PIXELS = 89_478_485
+
+
+def _rgb(image: Image.Image, path: str | Path) -> Image.Image:
+    """8-bit RGB from the modes photographs come in: 16-bit grey is scaled (not clipped) to 8 bits,
+    transparency is composited over white, CMYK and palettes are converted."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{path}: {image.mode} pixel values outside 0..65535")
+        return Image.fromarray((values.astype(np.float64) / 257).round().astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise ValueError(f"{path}: floating-point images are not supported")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None, multiple: int = 1, *, min_size: int | None = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """An RGB image as uint8 (H, W, 3), EXIF orientation applied; errors name the file and the reason.
+
+    With ``size``, the centre square is resized to ``size``: a shorter side below ``min_size`` (default
+    ``size // 2``: at most a 2x upscale) is refused rather than invented. Files over ``max_pixels``
+    (default ``MAX_PIXELS``) are refused from their header, before decoding.
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
-            image = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(f"image of {w}x{h} px is larger than the limit of {max_pixels} pixels")
+            image = _rgb(ImageOps.exif_transpose(im), path)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
+    if size is not None:
+        floor = size // 2 if min_size is None else min_size
+        if min(image.size) < floor:
+            raise ValueError(f"{path}: image of {image.width}x{image.height} px is too small: its shorter side "
+                             f"is below {floor} px, the minimum for {size} px inputs")
     try:
         return np.array(center_crop(image, size, multiple))
     except ValueError as exc:

@@ -58,10 +58,10 @@ def recon_path(results: str | Path, dataset: str, run: str, image_id: str) -> Pa
 def originals(manifest: str | Path, images_dir: str | Path, resolution: int, count: int) -> dict[str, np.ndarray]:
     """The first ``count`` usable images of a manifest, cropped and resized as the runs saw them."""
     out: dict[str, np.ndarray] = {}
-    for item in read_manifest(manifest):
+    for item in read_manifest(manifest, strict=False):
         if len(out) == count:
             break
-        if item.get("status", "ok") == "ok":
+        if item.get("status", "ok") == "ok" and not item.get("manifest_error"):
             out[item["id"]] = load_image(Path(images_dir) / item["file"], size=resolution)
     return out
 

@@ -127,6 +127,8 @@ def run_shard(model: DiffusionModel, run: Run, items: Iterable[dict[str, Any]], 
 def _prepare(model: DiffusionModel, item: dict[str, Any], images_dir: str | Path, resolution: int,
              prompt: str) -> tuple[np.ndarray, str, Tensor]:
     """The image (uint8), its prompt and its clean latent; errors say what is wrong with the item."""
+    if item.get("manifest_error"):
+        raise ValueError(f"bad manifest row ({item['manifest_error']}); not read")
     if item.get("status", "ok") != "ok":
         raise ValueError(f"not acquired ({item['status']})")
     image = load_image(Path(images_dir) / item["file"], size=resolution)

@@ -83,30 +83,51 @@ def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> None:
     atomic_write_text(path, out.getvalue())
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict]:
+def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> list[dict]:
     """Read a manifest written by :func:`write_manifest`, checking its columns, that ids are
-    non-empty and unique and that every ``file`` stays inside the data folder (relative, no ``..``).
-    An empty caption is kept as ``""``: whether that is acceptable is the caller's decision."""
+    non-empty and unique, that every ``file`` stays inside the data folder (relative, no ``..``) and
+    that the text is UTF-8. An empty caption is kept as ``""``: whether that is acceptable is the
+    caller's decision.
+
+    A bad row raises, naming the file and line; with ``strict=False`` it is kept instead, its reason
+    in ``manifest_error``, so that a shard can make it one error row and go on. Missing columns always
+    raise: then no row can be trusted.
+    """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise ValueError(f"{path}: manifest lacks columns {missing}")
-        rows, seen = [], {}
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if None in row:  # DictReader's key for fields beyond the header
-                raise ValueError(f"{where}: more fields than the header")
-            if not row["id"]:
-                raise ValueError(f"{where}: empty id")
-            if row["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-            if not _is_inside(row["file"] or ""):
-                raise ValueError(f"{where}: file {row['file']!r} must be a relative path inside the data folder")
-            seen[row["id"]] = reader.line_num
-            rows.append({k: v or "" for k, v in row.items()})
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")  # a bad byte spoils one row
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks columns {missing}")
+    rows, seen = [], {}
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        extra = row.pop(None, None)  # DictReader's key for fields beyond the header
+        values = {k: v or "" for k, v in row.items()}
+        if extra is not None:
+            problem = "more fields than the header"
+        elif any(_undecodable(v) for v in values.values()):
+            problem = "not valid UTF-8"
+        elif not values["id"]:
+            problem = "empty id"
+        elif values["id"] in seen:
+            problem = f"duplicate id {values['id']!r} (first on line {seen[values['id']]})"
+        elif not _is_inside(values["file"]):
+            problem = f"file {values['file']!r} must be a relative path inside the data folder"
+        else:
+            seen[values["id"]] = reader.line_num
+            rows.append(values)
+            continue
+        if strict:
+            raise ValueError(f"{where}: {problem}")
+        clean = {k: v.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+                 for k, v in values.items()}
+        rows.append(clean | {"manifest_error": f"{where}: {problem}"})
     return rows
+
+
+def _undecodable(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def fetch_images(rows: Iterable[dict], folder: str | os.PathLike, lock: Lockfile, *, retries: int = 3,

@@ -13,6 +13,8 @@ rule invert:
         run=lambda wc: RUNS[wc.run],
         shard=lambda wc: shard_ranges(image_count(wc.dataset), config["shard_size"])[int(wc.shard)],
         images="data/downloads/{dataset}/images",
+        # finished images of an interrupted job; not an output, so a failed job does not delete it
+        checkpoint=f"{RESULTS}/partial/{{dataset}}/{{run}}/{{shard}}",
     log:
         f"logs/{config['preset']}/invert/{{dataset}}/{{run}}/{{shard}}.log",
     threads: 1

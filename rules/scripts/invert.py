@@ -5,6 +5,7 @@ start(snakemake, offline=True)
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 
 from diffinv.data.captions import read_manifest
@@ -28,8 +29,10 @@ recon = Path(snakemake.output.recon)
 recon.mkdir(parents=True, exist_ok=True)
 rows = run_shard(model, run, items, images_dir=snakemake.params.images, resolution=config["model"]["resolution"],
                  dataset=snakemake.wildcards.dataset, prompt=config["inversion"]["prompt"], perceptual=perceptual,
-                 lpips_nets=nets, keep=keep, recon_dir=recon, save_latents=config["save_latents"])
+                 lpips_nets=nets, keep=keep, recon_dir=recon, save_latents=config["save_latents"],
+                 checkpoint=snakemake.params.checkpoint)
 with open(snakemake.output.rows, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=row_columns(nets), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+shutil.rmtree(snakemake.params.checkpoint)  # the rows are written: the checkpoint has served its purpose

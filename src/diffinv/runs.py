@@ -94,33 +94,83 @@ def _quality(reference: np.ndarray, test: np.ndarray, perceptual: Perceptual | N
     return values
 
 
+class Checkpoint:
+    """The finished images of an interrupted shard: one JSON row per image, written atomically after
+    its PNG and latents, kept in a folder the workflow does not delete when a job dies. Rows are
+    keyed by manifest index and id and only reused for the same run settings."""
+
+    def __init__(self, folder: str | Path, run: Run) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.signature = run.signature
+
+    def _path(self, item: dict[str, Any]) -> Path:
+        return self.folder / f"{int(item['index']):06d}.json"
+
+    def load(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        path = self._path(item)
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["signature"] != self.signature or saved["row"]["id"] != item["id"]:
+            return None
+        return saved["row"]
+
+    def save(self, item: dict[str, Any], row: dict[str, Any]) -> None:
+        from .download import atomic_write_text
+
+        # json keeps NaN and every float's exact repr, so a resumed row equals the one computed
+        atomic_write_text(self._path(item), json.dumps({"signature": self.signature, "row": row}))
+
+
 def run_shard(model: DiffusionModel, run: Run, items: Iterable[dict[str, Any]], *, images_dir: str | Path,
               resolution: int, dataset: str, prompt: str = "caption", perceptual: Perceptual | None = None,
               lpips_nets: Sequence[str] = (), keep: set[str] = frozenset(), recon_dir: str | Path | None = None,
-              save_latents: bool = False) -> list[dict[str, Any]]:
+              save_latents: bool = False, checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
     """Rows for the manifest ``items`` (dicts with ``index, id, file, caption, status``).
 
     ``keep``: ids whose reconstruction is saved as ``recon_dir/<id>.png`` (the qualitative subset).
+    ``checkpoint``: a folder where each finished image is recorded; a rerun after an interruption takes
+    those rows (and files) from it instead of recomputing them. The caller removes it once the shard's
+    rows are safely written.
     """
     columns = row_columns(lpips_nets)
     peak = _Peak(model.device)
-    rows = []
+    saved = Checkpoint(checkpoint, run) if checkpoint is not None else None
+    artefacts = saved.folder if saved is not None else recon_dir  # files go with their row
+    rows, warmed = [], False
     for item in items:
+        previous = saved.load(item) if saved is not None else None
+        if previous is not None:
+            rows.append(previous)
+            log.info("%s %s: resumed (%s)", run.name, item["id"], previous["status"])
+            continue
         row = dict.fromkeys(columns, math.nan)
         row.update(dataset=dataset, index=item["index"], id=item["id"], peak_mem_kind=peak.kind,
                    **run.as_dict())
         try:
-            row.update(_one_image(model, run, item, images_dir, resolution, prompt, perceptual, peak,
-                                  not any(r["status"] == "ok" for r in rows),
-                                  recon_dir if item["id"] in keep else None,
-                                  recon_dir if save_latents else None))
+            row.update(_one_image(model, run, item, images_dir, resolution, prompt, perceptual, peak, not warmed,
+                                  artefacts if item["id"] in keep else None,
+                                  artefacts if save_latents else None))
             row["status"] = "ok"
+            warmed = True
         except Exception as exc:  # one bad image is one error row; the shard goes on
             log.error("%s %s: %s", run.name, item["id"], exc)
             row["status"] = f"error: {exc}".replace("\n", " ")
         rows.append(row)
+        if saved is not None:
+            saved.save(item, row)
         log.info("%s %s: %s", run.name, item["id"], row["status"] if row["status"] != "ok" else
                  f"psnr {row['psnr']:.2f} nfe {row['nfe_inversion']}")
+    if saved is not None and recon_dir is not None:
+        import shutil
+
+        Path(recon_dir).mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            for suffix in (".png", ".safetensors"):
+                source = saved.folder / f"{row['id']}{suffix}"
+                if source.is_file():
+                    shutil.copyfile(source, Path(recon_dir) / source.name)
     return rows
 
 

@@ -1,0 +1,95 @@
+"""A shard killed with SIGKILL halfway resumes from its checkpoint: finished images are not recomputed
+and the rows and saved reconstructions equal those of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffinv.config import Run
+from diffinv.models import GaussianMixtureDenoiser
+from diffinv.runs import run_shard
+
+RUN = Run("ife", "ife", {}, 6, 1.0, 1.0)
+IMAGES = 6
+MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb"}  # differ between any two runs
+
+
+class SlowModel(GaussianMixtureDenoiser):
+    """The test's patch model, slowed so that the parent can kill it between images."""
+
+    def forward(self, z, timestep, embedding):
+        time.sleep(float(os.environ.get("DIFFINV_TEST_SLEEP", "0")))
+        return super().forward(z, timestep, embedding)
+
+
+def model() -> SlowModel:
+    rng = np.random.default_rng(0)
+    return SlowModel(np.ones(3) / 3, rng.normal(0, 0.3, (3, 48)), np.full(3, 0.05), patch_size=4)
+
+
+def items(folder: Path) -> list[dict]:
+    rng = np.random.default_rng(1)
+    out = []
+    for k in range(IMAGES):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+        out.append({"index": k, "id": f"im{k}", "file": f"{k}.png", "caption": "x", "status": "ok"})
+    return out
+
+
+def shard(folder: Path, checkpoint: Path | None, recon: Path, m=None) -> list[dict]:
+    return run_shard(m or model(), RUN, items(folder), images_dir=folder, resolution=16, dataset="t",
+                     keep={"im0", "im4"}, recon_dir=recon, checkpoint=checkpoint)
+
+
+def child(folder: str, checkpoint: str, recon: str) -> None:
+    shard(Path(folder), Path(checkpoint), Path(recon))
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
+
+
+def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(tmp_path):
+    folder, checkpoint = tmp_path / "images", tmp_path / "partial"
+    folder.mkdir()
+    code = (f"import sys; sys.path[:0] = {[str(Path(__file__).parent)]!r}; import test_checkpoint as t; "
+            f"t.child({str(folder)!r}, {str(checkpoint)!r}, {str(tmp_path / 'killed')!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "DIFFINV_TEST_SLEEP": "0.02"})
+    deadline = time.monotonic() + 120
+    while len(list(checkpoint.glob("*.json"))) < 2:
+        assert proc.poll() is None, "the child finished or failed before it could be killed"
+        assert time.monotonic() < deadline, "no image finished in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    finished = len(list(checkpoint.glob("*.json")))
+    assert 2 <= finished < IMAGES
+
+    resumed_model = model()
+    resumed = shard(folder, checkpoint, tmp_path / "resumed", resumed_model)
+    per_image = resumed[-1]["nfe_inversion"] + resumed[-1]["nfe_reconstruction"]
+    assert resumed_model.nfe == (IMAGES - finished) * per_image + 1  # + the warm-up call: nothing redone
+
+    uninterrupted = shard(folder, None, tmp_path / "straight")
+    assert comparable(resumed) == comparable(uninterrupted)
+    assert all(r["status"] == "ok" for r in resumed)
+    for name in ("im0.png", "im4.png"):  # im0 was finished before the kill, im4 after
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+
+
+def test_a_checkpoint_of_other_settings_is_not_reused(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shard(folder, tmp_path / "partial", tmp_path / "a")
+    other = Run("ife", "ife", {}, 4, 1.0, 1.0)
+    m = model()
+    rows = run_shard(m, other, items(folder), images_dir=folder, resolution=16, dataset="t",
+                     checkpoint=tmp_path / "partial")
+    assert all(r["num_steps"] == 4 for r in rows) and m.nfe == IMAGES * 8 + 1

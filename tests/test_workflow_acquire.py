@@ -137,7 +137,7 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_random_model(served, tmp_path):
     config["runs"] = {"ddim": {"method": "ddim"}, "ife": {"method": "ife"}}
     config["sweeps"] = []
     config["metrics"] = {"lpips": []}
-    config["error_stats"] = {"runs": ["ife"], "images": 1, "tol": 1e-4, "max_iter": 20}
+    config["error_stats"] = {"runs": ["ife"], "images": 1, "tol": 1e-4, "max_iter": 5}
     config["shard_size"] = 2
     config["qualitative"] = 1
     config["report"] = {"images": 1, "qualitative_runs": ["ddim", "ife"]}  # no FPI/AIDI/ReNoise: Figure 4 says so

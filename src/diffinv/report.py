@@ -79,7 +79,7 @@ def grid_cells(results: str | Path, rows: pd.DataFrame, dataset: str, images: di
                 row.append(None)
                 text.append("")
                 continue
-            row.append(np.asarray(_read_png(recon_path(results, dataset, run, image_id))))
+            row.append(load_image(recon_path(results, dataset, run, image_id)))
             text.append(_psnr_text(psnr.get((run, image_id), float("nan"))))
         cells.append(row)
         captions.append(text)
@@ -106,13 +106,13 @@ def iteration_grid(results: str | Path, rows: pd.DataFrame, sweep: pd.DataFrame,
                 first = original
                 first_caption = f"original ({image_id})"
             elif index == 1 and ife:
-                first = _read_png(recon_path(results, dataset, ife[0], image_id))
+                first = load_image(recon_path(results, dataset, ife[0], image_id))
                 first_caption = f"IFE ({ife[0]}): {_psnr_text(psnr.get((ife[0], image_id), float('nan')))}"
             row, text = [first], [first_caption]
             by_k = sweep[sweep["method"] == method].set_index("K")["run"]
             for k in ks:
                 run = by_k.get(k)
-                row.append(None if run is None else _read_png(recon_path(results, dataset, run, image_id)))
+                row.append(None if run is None else load_image(recon_path(results, dataset, run, image_id)))
                 text.append("" if run is None else _psnr_text(psnr.get((run, image_id), float("nan"))))
             cells.append(row)
             captions.append(text)
@@ -123,13 +123,6 @@ def iteration_grid(results: str | Path, rows: pd.DataFrame, sweep: pd.DataFrame,
 
 def _psnr_text(value: float) -> str:
     return "exact (∞ dB)" if np.isposinf(value) else f"{value:.1f} dB"
-
-
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
 
 
 # ---------------------------------------------------------------- quality against cost

@@ -28,6 +28,7 @@ def test_presets_validate_and_fill_defaults(name):
     (lambda c: c["inversion"].update(num_steps=-3), "config key inversion.num_steps: -3 is less than the minimum"),
     (lambda c: c["model"].update(dtype="float8"), "config key model.dtype: 'float8' is not one of"),
     (lambda c: c.update(shard_size="ten"), "config key shard_size: 'ten' is not of type 'integer'"),
+    (lambda c: c.update(batch_size=0), "config key batch_size: 0 is less than the minimum of 1"),
     (lambda c: c.update(colour="blue"), "config key <top level>: Additional properties are not allowed"),
     (lambda c: c["runs"].update(ddim={"method": "dddim"}), "config key runs.ddim.method: unknown method 'dddim'"),
     (lambda c: c["runs"].update(fpi={"method": "fpi", "params": {"Q": 1}}), "config key runs.fpi.params"),

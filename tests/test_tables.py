@@ -51,7 +51,7 @@ def results(runs) -> pd.DataFrame:
                              "nfe_inversion": NFE[run["run"]], "nfe_reconstruction": run["num_steps"],
                              "seconds_inversion": rng.uniform(1, 2), "seconds_reconstruction": rng.uniform(0.5, 1),
                              "peak_mem_mb": rng.uniform(100, 200) if i < 3 else 1e6,
-                             "peak_mem_kind": "process_max_rss",
+                             "peak_mem_kind": "process_max_rss", "batch_size": 4 if i < 2 else 2,
                              # the failed image carries outlandish numbers so including it would show
                              **{m: (rng.uniform(0, 1) if i < 3 else 1e3) for m in
                                 ("mse", "ssim", "lpips_alex", "lpips_vgg", "latent_mse")},
@@ -113,6 +113,7 @@ def test_efficiency(results, runs):
             mean_ci(ok["seconds_inversion"]))
         assert row["images_per_hour"] == pytest.approx(3600 / total.mean())
         assert row["peak_mem_mb"] == ok["peak_mem_mb"].max() and row["peak_mem_kind"] == "process_max_rss"
+        assert row["batch_size"] == 4  # the configured size, not a shard's smaller last batch
 
 
 def test_ablation_flags_from_params(results, runs):

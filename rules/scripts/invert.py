@@ -30,7 +30,7 @@ recon.mkdir(parents=True, exist_ok=True)
 rows = run_shard(model, run, items, images_dir=snakemake.params.images, resolution=config["model"]["resolution"],
                  dataset=snakemake.wildcards.dataset, prompt=config["inversion"]["prompt"], perceptual=perceptual,
                  lpips_nets=nets, keep=keep, recon_dir=recon, save_latents=config["save_latents"],
-                 checkpoint=snakemake.params.checkpoint)
+                 checkpoint=snakemake.params.checkpoint, batch_size=config["batch_size"])
 with open(snakemake.output.rows, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=row_columns(nets), lineterminator="\n")
     writer.writeheader()

@@ -38,7 +38,7 @@ def row_columns(lpips_nets: Sequence[str]) -> list[str]:
     quality = [*IMAGE_METRICS, *(f"lpips_{n}" for n in lpips_nets)]
     return ["dataset", "run", "method", "params", "num_steps", "guidance", "reconstruction_guidance", "index", "id",
             "status", "nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction",
-            "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse", *(f"{m}_vae" for m in quality)]
+            "batch_size", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse", *(f"{m}_vae" for m in quality)]
 
 
 def load_model(model_cfg: dict[str, Any], weights: str | Path) -> DiffusionModel:
@@ -82,11 +82,6 @@ class _Peak:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _finite(x: Any) -> bool:
-    tensors = [x] if isinstance(x, Tensor) else [t for t in x if isinstance(t, Tensor)]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 def _quality(reference: np.ndarray, test: np.ndarray, perceptual: Perceptual | None) -> dict[str, float]:
     values = image_metrics(reference, test)
     if perceptual is not None:
@@ -126,42 +121,54 @@ class Checkpoint:
 def run_shard(model: DiffusionModel, run: Run, items: Iterable[dict[str, Any]], *, images_dir: str | Path,
               resolution: int, dataset: str, prompt: str = "caption", perceptual: Perceptual | None = None,
               lpips_nets: Sequence[str] = (), keep: set[str] = frozenset(), recon_dir: str | Path | None = None,
-              save_latents: bool = False, checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
-    """Rows for the manifest ``items`` (dicts with ``index, id, file, caption, status``).
+              save_latents: bool = False, checkpoint: str | Path | None = None,
+              batch_size: int = 1) -> list[dict[str, Any]]:
+    """Rows for the manifest ``items`` (dicts with ``index, id, file, caption, status``), in their order.
 
     ``keep``: ids whose reconstruction is saved as ``recon_dir/<id>.png`` (the qualitative subset).
     ``checkpoint``: a folder where each finished image is recorded; a rerun after an interruption takes
     those rows (and files) from it instead of recomputing them. The caller removes it once the shard's
     rows are safely written.
+    ``batch_size``: images inverted together, one network call per step for all of them. Each image is
+    still encoded, decoded and scored alone, and its prompt embedded alone, so nothing of it depends on
+    its neighbours but the network's batched arithmetic: on the analytic model a row equals its batch-1
+    row bit for bit; a UNet's batched convolutions sum in another order (about 1e-6 in float32). NFE is
+    the counter's, which every call of the batch advances once; seconds are the batch's divided by its
+    images, and ``batch_size`` says how many shared them.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     columns = row_columns(lpips_nets)
     peak = _Peak(model.device)
     saved = Checkpoint(checkpoint, run) if checkpoint is not None else None
     artefacts = saved.folder if saved is not None else recon_dir  # files go with their row
-    rows, warmed = [], False
-    for item in items:
+    items = list(items)
+    rows: list[dict[str, Any] | None] = [None] * len(items)
+    pending = []
+    for position, item in enumerate(items):
         previous = saved.load(item) if saved is not None else None
-        if previous is not None:
-            rows.append(previous)
+        if previous is None:
+            pending.append(position)
+        else:
+            rows[position] = previous
             log.info("%s %s: resumed (%s)", run.name, item["id"], previous["status"])
-            continue
-        row = dict.fromkeys(columns, math.nan)
-        row.update(dataset=dataset, index=item["index"], id=item["id"], peak_mem_kind=peak.kind,
-                   **run.as_dict())
-        try:
-            row.update(_one_image(model, run, item, images_dir, resolution, prompt, perceptual, peak, not warmed,
-                                  artefacts if item["id"] in keep else None,
-                                  artefacts if save_latents else None))
-            row["status"] = "ok"
-            warmed = True
-        except Exception as exc:  # one bad image is one error row; the shard goes on
-            log.error("%s %s: %s", run.name, item["id"], exc)
-            row["status"] = f"error: {exc}".replace("\n", " ")
-        rows.append(row)
-        if saved is not None:
-            saved.save(item, row)
-        log.info("%s %s: %s", run.name, item["id"], row["status"] if row["status"] != "ok" else
-                 f"psnr {row['psnr']:.2f} nfe {row['nfe_inversion']}")
+    warmed = False
+    for first in range(0, len(pending), batch_size):
+        group = pending[first:first + batch_size]
+        outcomes = _invert_group(model, run, [items[p] for p in group], images_dir=images_dir, resolution=resolution,
+                                 prompt=prompt, perceptual=perceptual, peak=peak, warm_up=not warmed,
+                                 png_dir=artefacts, keep=keep, latent_dir=artefacts if save_latents else None)
+        for position, outcome in zip(group, outcomes):
+            item = items[position]
+            row = dict.fromkeys(columns, math.nan)
+            row.update(dataset=dataset, index=item["index"], id=item["id"], peak_mem_kind=peak.kind,
+                       **run.as_dict(), **outcome)
+            rows[position] = row
+            if saved is not None:
+                saved.save(item, row)
+            log.info("%s %s: %s", run.name, item["id"], row["status"] if row["status"] != "ok" else
+                     f"psnr {row['psnr']:.2f} nfe {row['nfe_inversion']}")
+        warmed = warmed or any(o["status"] == "ok" for o in outcomes)
     if saved is not None and recon_dir is not None:
         import shutil
 
@@ -189,43 +196,98 @@ def _prepare(model: DiffusionModel, item: dict[str, Any], images_dir: str | Path
     return image, caption if prompt == "caption" else "", model.encode(x)
 
 
-def _one_image(model: DiffusionModel, run: Run, item: dict[str, Any], images_dir: str | Path, resolution: int,
-               prompt: str, perceptual: Perceptual | None, peak: _Peak, warm_up: bool,
-               png_dir: str | Path | None, latent_dir: str | Path | None) -> dict[str, Any]:
-    image, text, z0 = _prepare(model, item, images_dir, resolution, prompt)
-    roundtrip = to_uint8(model.decode(z0))[0]
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"status": f"error: {exc}".replace("\n", " ")}
+
+
+def _invert_group(model: DiffusionModel, run: Run, items: Sequence[dict[str, Any]], *, images_dir: str | Path,
+                  resolution: int, prompt: str, perceptual: Perceptual | None, peak: _Peak, warm_up: bool,
+                  png_dir: str | Path | None, keep: set[str], latent_dir: str | Path | None) -> list[dict[str, Any]]:
+    """One outcome per item: its measurements with ``status: ok``, or ``status: error: <reason>``."""
+    outcomes: list[dict[str, Any]] = [{} for _ in items]
+    ready = []
+    for j, item in enumerate(items):
+        try:
+            ready.append((j, *_prepare(model, item, images_dir, resolution, prompt)))
+        except Exception as exc:  # one bad image is one error row; the shard goes on
+            log.error("%s %s: %s", run.name, item["id"], exc)
+            outcomes[j] = _error(exc)
+    if not ready:
+        return outcomes
+    failure = None
+    try:
+        measured = _invert_batch(model, run, [r[1:] for r in ready], perceptual, peak, warm_up)
+    except Exception as exc:
+        failure = _error(exc)  # keep the reason only: the traceback would hold the batch's tensors
+    if failure is not None and len(ready) == 1:
+        measured = [(failure, None, None)]
+    elif failure is not None:  # e.g. out of memory: each image alone, so a failure is charged to its image
+        log.warning("%s: a batch of %d failed (%s); inverting its images one at a time", run.name, len(ready),
+                    failure["status"][len("error: "):])
+        return [outcomes[j] or _invert_group(model, run, [item], images_dir=images_dir, resolution=resolution,
+                                             prompt=prompt, perceptual=perceptual, peak=peak, warm_up=False,
+                                             png_dir=png_dir, keep=keep, latent_dir=latent_dir)[0]
+                for j, item in enumerate(items)]
+    for (j, *_), (outcome, recon, latents) in zip(ready, measured):
+        item = items[j]
+        if outcome["status"] != "ok":
+            log.error("%s %s: %s", run.name, item["id"], outcome["status"])
+        if recon is not None and png_dir is not None and item["id"] in keep:
+            save_image(recon, Path(png_dir) / f"{item['id']}.png")
+        if latents is not None and latent_dir is not None:
+            from safetensors.torch import save_file
+
+            save_file(latents, str(Path(latent_dir) / f"{item['id']}.safetensors"))
+        outcomes[j] = outcome
+    return outcomes
+
+
+def _finite_rows(state: Any) -> Tensor:
+    """Per image: are all values of the (possibly nested) inverted state finite?"""
+    if isinstance(state, Tensor):
+        return torch.isfinite(state.flatten(1)).all(1).cpu()
+    return torch.stack([_finite_rows(part) for part in state]).all(0)
+
+
+def _invert_batch(model: DiffusionModel, run: Run, prepared: Sequence[tuple[np.ndarray, str, Tensor]],
+                  perceptual: Perceptual | None, peak: _Peak,
+                  warm_up: bool) -> list[tuple[dict[str, Any], np.ndarray | None, dict[str, Tensor] | None]]:
+    """Invert and reconstruct the prepared images together; per image its outcome, reconstruction and latents."""
+    images, texts, latents = zip(*prepared)
+    n, z0 = len(prepared), torch.cat(latents)
+    cond = model.condition(list(texts), n)  # embedded one prompt at a time
+    roundtrips = [to_uint8(model.decode(z))[0] for z in latents]
     if warm_up:  # the first network pass of a process pays one-off costs; keep them out of the timing
         with torch.no_grad():
-            model.eps(z0, model.schedule(run.num_steps).timesteps[1], model.as_conditioning(text, 1), run.guidance)
+            model.eps(z0, model.schedule(run.num_steps).timesteps[1], cond, run.guidance)
 
     peak.reset()
     peak.sync()
     start, nfe0 = time.perf_counter(), model.nfe
-    result = invert(run.method, model, z0, text, num_steps=run.num_steps, guidance=run.guidance, **run.params)
+    result = invert(run.method, model, z0, cond, num_steps=run.num_steps, guidance=run.guidance, **run.params)
     peak.sync()
     inverted, nfe1 = time.perf_counter(), model.nfe
-    if not _finite(result.state):
-        raise FloatingPointError("non-finite inverted latent")
-    z0_hat = reconstruct(run.method, model, result, text, guidance=run.reconstruction_guidance)
+    z0_hat = reconstruct(run.method, model, result, cond, guidance=run.reconstruction_guidance)
     peak.sync()
     done = time.perf_counter()
-    if not torch.isfinite(z0_hat).all():
-        raise FloatingPointError("non-finite reconstruction")
-    recon = to_uint8(model.decode(z0_hat))[0]
-
-    out: dict[str, Any] = {"nfe_inversion": nfe1 - nfe0, "nfe_reconstruction": model.nfe - nfe1,
-                           "seconds_inversion": inverted - start, "seconds_reconstruction": done - inverted,
-                           "peak_mem_mb": peak.read_mb(),
-                           "latent_mse": float(((z0_hat.double() - z0.double()) ** 2).mean())}
-    out.update(_quality(image, recon, perceptual))
-    out.update({f"{k}_vae": v for k, v in _quality(roundtrip, recon, perceptual).items()})
-    if png_dir is not None:
-        save_image(recon, Path(png_dir) / f"{item['id']}.png")
-    if latent_dir is not None:
-        from safetensors.torch import save_file
-
-        save_file({"z0": z0.cpu().contiguous(), "zN": result.latent.cpu().contiguous()},
-                  str(Path(latent_dir) / f"{item['id']}.safetensors"))
+    cost = {"nfe_inversion": nfe1 - nfe0, "nfe_reconstruction": model.nfe - nfe1, "batch_size": n,
+            "seconds_inversion": (inverted - start) / n, "seconds_reconstruction": (done - inverted) / n,
+            "peak_mem_mb": peak.read_mb()}
+    # an image that diverges is an error row; its neighbours are untouched (no operation mixes images)
+    finite_state, finite_recon = _finite_rows(result.state), _finite_rows(z0_hat)
+    out = []
+    for b in range(n):
+        if not finite_state[b] or not finite_recon[b]:
+            reason = "non-finite inverted latent" if not finite_state[b] else "non-finite reconstruction"
+            out.append(({"status": f"error: {reason}"}, None, None))
+            continue
+        recon = to_uint8(model.decode(z0_hat[b:b + 1]))[0]
+        values = {"status": "ok", **cost,
+                  "latent_mse": float(((z0_hat[b:b + 1].double() - latents[b].double()) ** 2).mean())}
+        values.update(_quality(images[b], recon, perceptual))
+        values.update({f"{k}_vae": v for k, v in _quality(roundtrips[b], recon, perceptual).items()})
+        out.append((values, recon, {"z0": latents[b].cpu().contiguous(),
+                                    "zN": result.latent[b:b + 1].cpu().contiguous()}))
     return out
 
 

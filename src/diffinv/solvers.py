@@ -28,6 +28,12 @@ def anderson_weights(residuals: list[Tensor], ridge: float = 0.0) -> Tensor:
     ``ridge > 0`` instead solves ``(D^T D + ridge * mean(diag D^T D) I) alpha = D^T r_new``.
     """
     r = torch.stack([x.flatten(1).double() for x in residuals], dim=2)   # (B, D, m + 1), newest last
+    # One image at a time: a batched matmul sums in another order than a single one, and an image's
+    # weights must not depend on the batch it was inverted in.
+    return torch.cat([_one_image_weights(r[b:b + 1], ridge) for b in range(r.shape[0])])
+
+
+def _one_image_weights(r: Tensor, ridge: float) -> Tensor:
     newest, diffs = r[:, :, -1:], r[:, :, -1:] - r[:, :, :-1]
     if ridge > 0 and diffs.shape[2] > 0:
         gram = diffs.transpose(1, 2) @ diffs

@@ -25,7 +25,7 @@ LABELS = {
     "dataset": "Dataset", "run": "Run", "method": "Method", "lpips_alex": "LPIPS (Alex)", "lpips_vgg": "LPIPS (VGG)",
     "ssim": "SSIM", "psnr": "PSNR", "latent_mse": "Latent MSE", "nfe_per_image": "NFE", "nfe_total": "NFE (inv+rec)",
     "images": "Images", "errors": "Errors", "seconds_inversion": "Inversion s", "seconds_total": "Total s",
-    "peak_mem_mb": "Peak MB", "peak_mem_kind": "Memory", "images_per_hour": "Images/h",
+    "batch_size": "Batch", "peak_mem_mb": "Peak MB", "peak_mem_kind": "Memory", "images_per_hour": "Images/h",
     "error_approximation": "Error approx.", "e0": "e0", "N": "N", "K": "K", "difference": "Difference",
     "better": "Images better", "reference": "Reference", "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
@@ -106,7 +106,8 @@ def reconstruction(results: pd.DataFrame, runs: pd.DataFrame, run_names: Sequenc
 
 
 def efficiency(results: pd.DataFrame, runs: pd.DataFrame, run_names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Cost per dataset and run: NFE and seconds of a full round trip, peak memory, throughput."""
+    """Cost per dataset and run: NFE and seconds of a full round trip, the batch size they were measured
+    at (the largest; seconds per image fall as batches grow), peak memory, throughput."""
     names = list(_computed(runs)["run"]) if run_names is None else run_names
     out = []
     for dataset, name, group in _groups(results, runs, names):
@@ -117,7 +118,9 @@ def efficiency(results: pd.DataFrame, runs: pd.DataFrame, run_names: Sequence[st
         out.append({"dataset": dataset, "run": name,
                     "nfe_total": _mean(ok["nfe_inversion"] + ok["nfe_reconstruction"]),
                     "seconds_inversion": inv, "seconds_inversion_ci95": inv_ci,
-                    "seconds_total": seconds, "seconds_total_ci95": seconds_ci, **_peak(ok),
+                    "seconds_total": seconds, "seconds_total_ci95": seconds_ci,
+                    # seconds are a batch's divided by its images; a shard's last batch may be smaller
+                    "batch_size": int(ok["batch_size"].max()) if len(ok) else float("nan"), **_peak(ok),
                     "images_per_hour": 3600.0 / seconds if seconds > 0 else float("nan")})
     return pd.DataFrame(out)
 

@@ -1,0 +1,124 @@
+"""Throughput of batched inversion and the cost of reduced precision, measured in one run.
+
+For each model, the same images go through ``run_shard`` (the workflow's own path: load, encode,
+invert, reconstruct, decode, score) at batch sizes 1, 2, 4 and 8. Printed per batch size:
+
+- images/s of the network part (inversion + reconstruction seconds from the rows), and its ratio to
+  batch 1;
+- images/s of the whole shard (wall clock, with image loading and metrics), and its ratio.
+
+Then the same at reduced precision (bfloat16 on CPU, float16 on CUDA) at the largest batch, with its
+effect on reconstruction: the mean PSNR against the originals at both precisions, and the PSNR of
+the reduced-precision reconstruction against the full-precision one.
+
+Models: the demo preset's fitted mixture (float64, 64 px) and the tiny random-weight UNet (float32,
+64 px images, 32 x 32 latents): plumbing speed only, nothing about Stable Diffusion's quality.
+
+    .venv/bin/python benchmarks/batch.py [--method ddim] [--steps 50] [--batches 1 2 4 8] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffinv.config import Run
+from diffinv.data import DEMO_EVAL, DEMO_FIT, load_photo
+from diffinv.demo import fit_demo_model
+from diffinv.images import load_image
+from diffinv.metrics import image_metrics
+from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
+from diffinv.runs import run_shard
+from diffinv.testing import write_tiny_stable_diffusion
+
+SIZE = 64
+PHOTOS = DEMO_EVAL + DEMO_FIT[:4]  # eight images
+
+
+def write_images(folder: Path) -> list[dict]:
+    items = []
+    for index, name in enumerate(PHOTOS):
+        Image.fromarray(load_photo(name, SIZE)).save(folder / f"{name}.png")
+        items.append({"index": index, "id": name, "file": f"{name}.png", "caption": f"a photograph of {name}",
+                      "status": "ok"})
+    return items
+
+
+def shard(model, run: Run, items: list[dict], folder: Path, batch: int, recon: Path | None = None) -> dict:
+    start = time.perf_counter()
+    rows = run_shard(model, run, items, images_dir=folder, resolution=SIZE, dataset="bench", batch_size=batch,
+                     keep={i["id"] for i in items} if recon else set(), recon_dir=recon)
+    wall = time.perf_counter() - start
+    bad = [f"{r['id']}: {r['status']}" for r in rows if r["status"] != "ok"]
+    if bad:
+        raise SystemExit(f"batch {batch}: " + "; ".join(bad))
+    network = sum(r["seconds_inversion"] + r["seconds_reconstruction"] for r in rows)
+    return {"network": len(rows) / network, "shard": len(rows) / wall,
+            "psnr": float(np.mean([r["psnr"] for r in rows]))}
+
+
+def throughput(label: str, model, run: Run, items: list[dict], folder: Path, batches: list[int]) -> None:
+    print(f"\n{label}: {run.method}, N = {run.num_steps}, {len(items)} images of {SIZE} px")
+    print(f"{'batch':>5} {'network img/s':>14} {'ratio':>6} {'shard img/s':>12} {'ratio':>6}")
+    shard(model, run, items[:1], folder, 1)  # one-off costs (first calls, lazy imports) out of batch 1's time
+    base = None
+    for batch in batches:
+        m = shard(model, run, items, folder, batch)
+        base = base or m
+        print(f"{batch:>5} {m['network']:>14.3f} {m['network'] / base['network']:>6.2f} {m['shard']:>12.3f} "
+              f"{m['shard'] / base['shard']:>6.2f}")
+
+
+def precision(label: str, full, reduced, run: Run, items: list[dict], folder: Path, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        hi = shard(full, run, items, folder, batch, Path(a))
+        lo = shard(reduced, run, items, folder, batch, Path(b))
+        agreement = [image_metrics(load_image(Path(a) / f"{i['id']}.png"), load_image(Path(b) / f"{i['id']}.png"))
+                     ["psnr"] for i in items]
+    print(f"\n{label} at batch {batch}: {str(full.dtype)[6:]} -> {str(reduced.dtype)[6:]}")
+    print(f"  network img/s {hi['network']:.3f} -> {lo['network']:.3f} (ratio {lo['network'] / hi['network']:.2f})")
+    print(f"  PSNR to the originals {hi['psnr']:.2f} -> {lo['psnr']:.2f} dB ({lo['psnr'] - hi['psnr']:+.2f} dB); "
+          f"PSNR of the {str(reduced.dtype)[6:]} reconstructions to the {str(full.dtype)[6:]} ones: "
+          f"{np.mean(agreement):.2f} dB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="ddim")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    run = Run(args.method, args.method, {}, args.steps, 1.0, 1.0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        items = write_images(folder)
+
+        mixture = fit_demo_model()  # the demo preset's fit: 16 components, 8 x 8 patches
+        mixture = GaussianMixtureDenoiser(mixture.weights, mixture.means, mixture.covariances, patch_size=8,
+                                          device=device)
+        label = "demo mixture (float64)"
+        throughput(label, mixture, run, items, folder, args.batches)
+        reduced = GaussianMixtureDenoiser(mixture.weights, mixture.means, mixture.covariances, patch_size=8,
+                                          device=device, dtype=low)
+        precision(label, mixture, reduced, run, items, folder, max(args.batches))
+
+        sd_folder = write_tiny_stable_diffusion(folder / "tiny-sd")
+        unet = StableDiffusionBackend.from_pretrained(sd_folder, device=device, dtype=torch.float32)
+        label = "tiny random UNet (float32)"
+        throughput(label, unet, run, items, folder, args.batches)
+        reduced = StableDiffusionBackend.from_pretrained(sd_folder, device=device, dtype=low)
+        precision(label, unet, reduced, run, items, folder, max(args.batches))
+
+
+if __name__ == "__main__":
+    main()

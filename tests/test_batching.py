@@ -1,0 +1,137 @@
+"""Batched shards: one network call per step for the whole batch, rows equal to batch size 1.
+
+Equal means bit for bit on the analytic model (every registered method); a UNet's batched
+convolutions sum in another order, so there NFE is equal and the metrics agree to round-off.
+"""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_mixture
+from diffinv import METHODS
+from diffinv.config import Run
+from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
+from diffinv.runs import run_shard
+from diffinv.testing import write_tiny_stable_diffusion
+
+MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size"}
+PARAMS = {"renoise": {"reg_steps": 1, "ac_rolls": 2}, "aidi_a": {"K": 3}, "fpi": {"K": 2}}
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    """Seven images and one unreadable file in the middle, so batches of 3 are ragged and mixed."""
+    folder = tmp_path_factory.mktemp("batching")
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(8):
+        name = f"{k}.png"
+        if k == 3:
+            (folder / name).write_bytes(b"not a png")
+        else:
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / name)
+        items.append({"index": k, "id": f"im{k}", "file": name, "caption": f"caption {k}", "status": "ok"})
+    return folder, items
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
+
+
+def same(a, b):
+    """Row lists equal, NaN equal to NaN."""
+    return all(set(x) == set(y) and all(x[k] == y[k] or (isinstance(x[k], float) and math.isnan(x[k])
+                                                          and math.isnan(y[k])) for k in x)
+               for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, method, tmp_path):
+    folder, items = shard
+    model = random_mixture(k=4, d=48, patch_size=4)  # full covariances: the eigenbasis einsum path
+    run = Run(method, method, PARAMS.get(method, {}), 6, 1.0, 1.0)
+    common = dict(images_dir=folder, resolution=16, dataset="t", keep={"im0", "im5"}, save_latents=True)
+    one = run_shard(model, run, items, recon_dir=tmp_path / "one", **common)
+    calls = model.nfe
+    three = run_shard(model, run, items, recon_dir=tmp_path / "three", batch_size=3, **common)
+    assert same(comparable(one), comparable(three))
+    assert [r["status"] == "ok" for r in three] == [k != 3 for k in range(8)]
+    assert [r["batch_size"] for r in three if r["status"] == "ok"] == [3, 3, 3, 2, 2, 2, 2]  # 0 1 2 | (3) 4 5 | 6 7
+    per_image = one[0]["nfe_inversion"] + one[0]["nfe_reconstruction"]
+    assert calls == 7 * per_image + 1  # + the one warm-up call
+    assert model.nfe - calls == 3 * per_image + 1  # three batches share the calls
+    for name in ("im0.png", "im5.png", "im6.safetensors"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+
+
+class FlatImageDiverges(GaussianMixtureDenoiser):
+    """NaN noise for any sample whose latent is flat: one image of a batch diverges, the rest do not."""
+
+    def forward(self, z, timestep, embedding):
+        eps = super().forward(z, timestep, embedding)
+        flat = z.flatten(1).std(1) < 1e-6
+        return torch.where(flat.view(-1, *[1] * (z.ndim - 1)), torch.full_like(eps, math.nan), eps)
+
+
+def test_a_diverging_image_is_an_error_row_and_its_batch_neighbours_are_untouched(shard):
+    folder, items = shard
+    Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8)).save(folder / "flat.png")
+    items = [items[0], {**items[1], "id": "flat", "file": "flat.png"}, items[2]]
+    base = random_mixture(k=4, d=48)
+    model = FlatImageDiverges(base.weights, base.means, base.covariances, patch_size=4)
+    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    common = dict(images_dir=folder, resolution=16, dataset="t")
+    batched = run_shard(model, run, items, batch_size=3, **common)
+    assert [r["status"] for r in batched] == ["ok", "error: non-finite inverted latent", "ok"]
+    alone = [run_shard(model, run, [item], **common)[0] for item in items]
+    assert same(comparable(batched), comparable(alone))
+
+
+class FailsInBatches(GaussianMixtureDenoiser):
+    """Refuses batches larger than one, as a GPU out of memory would."""
+
+    def forward(self, z, timestep, embedding):
+        if z.shape[0] > 1:
+            raise RuntimeError("out of memory (simulated)")
+        return super().forward(z, timestep, embedding)
+
+
+def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
+    folder, items = shard
+    base = random_mixture(k=4, d=48)
+    model = FailsInBatches(base.weights, base.means, base.covariances, patch_size=4)
+    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    common = dict(images_dir=folder, resolution=16, dataset="t")
+    with caplog.at_level(logging.WARNING, logger="diffinv.runs"):
+        batched = run_shard(model, run, items[:5], batch_size=4, **common)
+    assert "a batch of 3 failed (out of memory (simulated)); inverting its images one at a time" in caplog.text
+    assert [r["batch_size"] for r in batched if r["status"] == "ok"] == [1, 1, 1, 1]
+    assert same(comparable(batched), comparable(run_shard(model, run, items[:5], **common)))
+
+
+def test_batch_size_below_one_is_refused(shard):
+    folder, items = shard
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        run_shard(random_mixture(k=2, d=48, patch_size=4), Run("ddim", "ddim", {}, 2, 1.0, 1.0), items,
+                  images_dir=folder, resolution=16, dataset="t", batch_size=0)
+
+
+@pytest.mark.parametrize("method, guidance", [("ddim", 1.0), ("ife", 3.0), ("edict", 1.0)])
+def test_unet_batches_count_the_same_nfe_and_agree_to_round_off(shard, tmp_path, method, guidance):
+    folder, items = shard
+    model = StableDiffusionBackend.from_pretrained(write_tiny_stable_diffusion(tmp_path / "sd"), device="cpu",
+                                                   dtype=torch.float32)
+    run = Run(method, method, {}, 4, guidance, guidance)
+    common = dict(images_dir=folder, resolution=16, dataset="t")
+    one = run_shard(model, run, items[:3], **common)
+    two = run_shard(model, run, items[:3], batch_size=3, **common)
+    assert [r["status"] for r in two] == ["ok"] * 3 and [r["batch_size"] for r in two] == [3] * 3
+    for a, b in zip(one, two):
+        assert (a["nfe_inversion"], a["nfe_reconstruction"]) == (b["nfe_inversion"], b["nfe_reconstruction"])
+        assert a["latent_mse"] == pytest.approx(b["latent_mse"], rel=1e-3, abs=1e-9)
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05)

@@ -33,6 +33,7 @@ demo: $(STAMP) $(LPIPS_SDIST)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/overhead.py
+	$(VENV)/bin/python benchmarks/batch.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,7 +19,7 @@ from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
 from diffinv.runs import run_shard
 from diffinv.testing import write_tiny_stable_diffusion
 
-MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size"}
+MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size", "batch_id"}
 PARAMS = {"renoise": {"reg_steps": 1, "ac_rolls": 2}, "aidi_a": {"K": 3}, "fpi": {"K": 2}}
 
 
@@ -61,7 +61,10 @@ def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, m
     three = run_shard(model, run, items, recon_dir=tmp_path / "three", batch_size=3, **common)
     assert same(comparable(one), comparable(three))
     assert [r["status"] == "ok" for r in three] == [k != 3 for k in range(8)]
-    assert [r["batch_size"] for r in three if r["status"] == "ok"] == [3, 3, 3, 2, 2, 2, 2]  # 0 1 2 | (3) 4 5 | 6 7
+    ok = [r for r in three if r["status"] == "ok"]
+    assert [r["batch_size"] for r in ok] == [3, 3, 3, 2, 2, 2, 2]  # 0 1 2 | (3) 4 5 | 6 7
+    assert [r["batch_id"] for r in ok] == [0, 0, 0, 4, 4, 6, 6]  # the first image that was inverted
+    assert len({(r["seconds_inversion"], r["seconds_reconstruction"]) for r in ok if r["batch_id"] == 0}) == 1
     per_image = one[0]["nfe_inversion"] + one[0]["nfe_reconstruction"]
     assert calls == 7 * per_image + 1  # + the one warm-up call
     assert model.nfe - calls == 3 * per_image + 1  # three batches share the calls
@@ -110,7 +113,8 @@ def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
     with caplog.at_level(logging.WARNING, logger="diffinv.runs"):
         batched = run_shard(model, run, items[:5], batch_size=4, **common)
     assert "a batch of 3 failed (out of memory (simulated)); inverting its images one at a time" in caplog.text
-    assert [r["batch_size"] for r in batched if r["status"] == "ok"] == [1, 1, 1, 1]
+    ok = [r for r in batched if r["status"] == "ok"]
+    assert [(r["batch_size"], r["batch_id"]) for r in ok] == [(1, 0), (1, 1), (1, 2), (1, 4)]
     assert same(comparable(batched), comparable(run_shard(model, run, items[:5], **common)))
 
 

@@ -19,7 +19,7 @@ from diffinv.runs import run_shard
 
 RUN = Run("ife", "ife", {}, 6, 1.0, 1.0)
 IMAGES = 6
-MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size"}  # differ between runs
+MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size", "batch_id"}  # timings
 
 
 class SlowModel(GaussianMixtureDenoiser):

@@ -52,6 +52,7 @@ def results(runs) -> pd.DataFrame:
                              "seconds_inversion": rng.uniform(1, 2), "seconds_reconstruction": rng.uniform(0.5, 1),
                              "peak_mem_mb": rng.uniform(100, 200) if i < 3 else 1e6,
                              "peak_mem_kind": "process_max_rss", "batch_size": 4 if i < 2 else 2,
+                             "batch_id": i,
                              # the failed image carries outlandish numbers so including it would show
                              **{m: (rng.uniform(0, 1) if i < 3 else 1e3) for m in
                                 ("mse", "ssim", "lpips_alex", "lpips_vgg", "latent_mse")},
@@ -114,6 +115,20 @@ def test_efficiency(results, runs):
         assert row["images_per_hour"] == pytest.approx(3600 / total.mean())
         assert row["peak_mem_mb"] == ok["peak_mem_mb"].max() and row["peak_mem_kind"] == "process_max_rss"
         assert row["batch_size"] == 4  # the configured size, not a shard's smaller last batch
+
+
+def test_efficiency_seconds_are_measured_per_batch(results, runs):
+    """Images timed together are one measurement: the CI comes from the batches, not the images."""
+    batched = results.copy()
+    chosen = (batched["run"] == "ddim") & (batched["dataset"] == "coco")
+    batched.loc[chosen, "batch_id"] = [0, 0, 2, 3]  # images 0 and 1 shared a batch (image 3 failed)
+    first = batched.loc[chosen].iloc[0]
+    batched.loc[chosen & (batched["index"] == 1), ["seconds_inversion", "seconds_reconstruction"]] = (
+        first["seconds_inversion"], first["seconds_reconstruction"])
+    row = tables.efficiency(batched, runs, ["ddim"]).iloc[0]
+    timed = batched[chosen & (batched["index"].isin([0, 2]))]
+    total = timed["seconds_inversion"] + timed["seconds_reconstruction"]
+    assert (row["seconds_total"], row["seconds_total_ci95"]) == pytest.approx(mean_ci(total))
 
 
 def test_ablation_flags_from_params(results, runs):

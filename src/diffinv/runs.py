@@ -38,7 +38,7 @@ def row_columns(lpips_nets: Sequence[str]) -> list[str]:
     quality = [*IMAGE_METRICS, *(f"lpips_{n}" for n in lpips_nets)]
     return ["dataset", "run", "method", "params", "num_steps", "guidance", "reconstruction_guidance", "index", "id",
             "status", "nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction",
-            "batch_size", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse", *(f"{m}_vae" for m in quality)]
+            "batch_size", "batch_id", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse", *(f"{m}_vae" for m in quality)]
 
 
 def load_model(model_cfg: dict[str, Any], weights: str | Path) -> DiffusionModel:
@@ -134,7 +134,8 @@ def run_shard(model: DiffusionModel, run: Run, items: Iterable[dict[str, Any]], 
     its neighbours but the network's batched arithmetic: on the analytic model a row equals its batch-1
     row bit for bit; a UNet's batched convolutions sum in another order (about 1e-6 in float32). NFE is
     the counter's, which every call of the batch advances once; seconds are the batch's divided by its
-    images, and ``batch_size`` says how many shared them.
+    images; ``batch_size`` says how many shared them and ``batch_id`` (the manifest index of the batch's
+    first image) which rows share one timing.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -216,7 +217,8 @@ def _invert_group(model: DiffusionModel, run: Run, items: Sequence[dict[str, Any
         return outcomes
     failure = None
     try:
-        measured = _invert_batch(model, run, [r[1:] for r in ready], perceptual, peak, warm_up)
+        measured = _invert_batch(model, run, [r[1:] for r in ready], perceptual, peak, warm_up,
+                                 batch_id=items[ready[0][0]]["index"])
     except Exception as exc:
         failure = _error(exc)  # keep the reason only: the traceback would hold the batch's tensors
     if failure is not None and len(ready) == 1:
@@ -250,9 +252,10 @@ def _finite_rows(state: Any) -> Tensor:
 
 
 def _invert_batch(model: DiffusionModel, run: Run, prepared: Sequence[tuple[np.ndarray, str, Tensor]],
-                  perceptual: Perceptual | None, peak: _Peak,
-                  warm_up: bool) -> list[tuple[dict[str, Any], np.ndarray | None, dict[str, Tensor] | None]]:
-    """Invert and reconstruct the prepared images together; per image its outcome, reconstruction and latents."""
+                  perceptual: Perceptual | None, peak: _Peak, warm_up: bool,
+                  batch_id: int) -> list[tuple[dict[str, Any], np.ndarray | None, dict[str, Tensor] | None]]:
+    """Invert and reconstruct the prepared images together; per image its outcome, reconstruction and latents.
+    ``batch_id`` (the manifest index of the batch's first image) marks the rows that share one timing."""
     images, texts, latents = zip(*prepared)
     n, z0 = len(prepared), torch.cat(latents)
     cond = model.condition(list(texts), n)  # embedded one prompt at a time
@@ -270,7 +273,7 @@ def _invert_batch(model: DiffusionModel, run: Run, prepared: Sequence[tuple[np.n
     z0_hat = reconstruct(run.method, model, result, cond, guidance=run.reconstruction_guidance)
     peak.sync()
     done = time.perf_counter()
-    cost = {"nfe_inversion": nfe1 - nfe0, "nfe_reconstruction": model.nfe - nfe1, "batch_size": n,
+    cost = {"nfe_inversion": nfe1 - nfe0, "nfe_reconstruction": model.nfe - nfe1, "batch_size": n, "batch_id": batch_id,
             "seconds_inversion": (inverted - start) / n, "seconds_reconstruction": (done - inverted) / n,
             "peak_mem_mb": peak.read_mb()}
     # an image that diverges is an error row; its neighbours are untouched (no operation mixes images)

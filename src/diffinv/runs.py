@@ -38,7 +38,8 @@ def row_columns(lpips_nets: Sequence[str]) -> list[str]:
     quality = [*IMAGE_METRICS, *(f"lpips_{n}" for n in lpips_nets)]
     return ["dataset", "run", "method", "params", "num_steps", "guidance", "reconstruction_guidance", "index", "id",
             "status", "nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction",
-            "batch_size", "batch_id", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse", *(f"{m}_vae" for m in quality)]
+            "batch_size", "batch_id", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse",
+            *(f"{m}_vae" for m in quality)]
 
 
 def load_model(model_cfg: dict[str, Any], weights: str | Path) -> DiffusionModel:

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from diffinv.config import ConfigError, expand_runs, prepare, shard_ranges
+from diffinv.config import ConfigError, Run, expand_runs, prepare, shard_ranges
 from snakemake_runner import ROOT
 
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -65,3 +65,18 @@ def test_shard_ranges_cover_every_image_once():
     assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert shard_ranges(4, 4) == [(0, 4)]
     assert sum(stop - start for start, stop in shard_ranges(1000, 100)) == 1000
+
+
+def test_a_run_survives_runs_csv():
+    """runs.csv stores Run.as_dict(); reading it back as text gives the same settings and signature."""
+    import csv
+    import io
+
+    runs, _ = prepare(copy.deepcopy(preset()), SCHEMA)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(next(iter(runs.values())).as_dict()))
+    writer.writeheader()
+    writer.writerows(run.as_dict() for run in runs.values())
+    back = [Run.from_dict(row) for row in csv.DictReader(io.StringIO(buffer.getvalue()))]
+    assert [r.signature for r in back] == [r.signature for r in runs.values()]
+    assert [r.as_dict() for r in back] == [r.as_dict() for r in runs.values()]

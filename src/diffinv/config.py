@@ -43,6 +43,13 @@ class Run:
                 "num_steps": self.num_steps, "guidance": self.guidance,
                 "reconstruction_guidance": self.reconstruction_guidance}
 
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Run":
+        """The inverse of :meth:`as_dict` (a row of ``runs.csv``, as text or numbers); tuples in the params
+        come back as lists, which leaves the signature unchanged."""
+        return cls(row["run"], row["method"], json.loads(row["params"] or "{}"), int(row["num_steps"]),
+                   float(row["guidance"]), float(row["reconstruction_guidance"]))
+
 
 def _validator(schema: dict[str, Any]):
     """A Draft 2020-12 validator that also fills in the schema's defaults."""

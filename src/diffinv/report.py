@@ -7,7 +7,6 @@ every number they show is computed by tested library code.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -187,7 +186,5 @@ def _measured_nfe(rows: pd.DataFrame, runs: pd.DataFrame) -> dict[str, float]:
     out = {}
     for _, spec in runs[runs["alias_of"].fillna("") == ""].iterrows():
         if spec["run"] in per_run:
-            run = Run(spec["run"], spec["method"], json.loads(spec["params"] or "{}"), int(spec["num_steps"]),
-                      float(spec["guidance"]), float(spec["reconstruction_guidance"]))
-            out[run.signature] = float(per_run[spec["run"]])
+            out[Run.from_dict(spec).signature] = float(per_run[spec["run"]])
     return out

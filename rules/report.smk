@@ -13,6 +13,7 @@ rule tables:
         REPORT_OUTPUTS["tables"],
         **executed("tables"),
     params:
+        code=notebook_code("tables"),
         parameters={"results": RESULTS, "tables_dir": TABLES_DIR, "base_runs": list(config["runs"]),
                     "label": TABLE_LABEL},
     log:
@@ -33,6 +34,7 @@ rule error_figure:
         REPORT_OUTPUTS["error_statistics"],
         **executed("error_statistics"),
     params:
+        code=notebook_code("error_statistics"),
         parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "runs": config["error_stats"]["runs"],
                     "label": TABLE_LABEL},
     log:
@@ -57,6 +59,7 @@ rule qualitative_figures:
         REPORT_OUTPUTS["qualitative"],
         **executed("qualitative"),
     params:
+        code=notebook_code("qualitative"),
         parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "downloads": "data/downloads",
                     "datasets": list(DATASETS), "resolution": MODEL["resolution"], "images": REPORT["images"],
                     "qualitative_runs": REPORT["qualitative_runs"], "iteration_methods": REPORT["iteration_methods"],
@@ -76,13 +79,13 @@ rule efficiency_figure:
         notebook=notebook("efficiency"),
         rows=f"{RESULTS}/results.csv",
         runs=f"{RESULTS}/runs.csv",
-        **WORKFLOW_CONFIG,
     output:
         REPORT_OUTPUTS["efficiency"],
         **executed("efficiency"),
     params:
+        code=notebook_code("efficiency"),
         parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "tables_dir": TABLES_DIR,
-                    **WORKFLOW_CONFIG, "label": TABLE_LABEL},
+                    "paper": PAPER_PRESET, "label": TABLE_LABEL},
     log:
         f"logs/{PRESET}/report/efficiency.log",
     localrule: True

@@ -10,6 +10,8 @@ rule error_stats:
         f"{RESULTS}/error_stats/{{dataset}}/{{run}}.csv",
     params:
         run=lambda wc: RUNS[wc.run],
+        signature=lambda wc: error_stats_job(wc).signature,
+        code=lambda wc: code("rules/scripts/error_stats.py", method=RUNS[wc.run].method),
         images="data/downloads/{dataset}/images",
     log:
         f"logs/{config['preset']}/error_stats/{{dataset}}/{{run}}.log",
@@ -30,6 +32,8 @@ rule collect_error_stats:
         [f"{RESULTS}/error_stats/{dataset}/{run}.csv" for dataset in DATASETS for run in config["error_stats"]["runs"]],
     output:
         f"{RESULTS}/error_stats.csv",
+    params:
+        code=code("rules/scripts/collect_error_stats.py"),
     log:
         f"logs/{config['preset']}/collect_error_stats.log",
     localrule: True

@@ -11,7 +11,7 @@ from diffinv import images as images_module
 from diffinv.config import Run
 from diffinv.data.captions import MANIFEST_COLUMNS, read_manifest
 from diffinv.images import load_image
-from diffinv.runs import run_shard
+from diffinv.testing import shard_rows
 from test_runs import patch_model
 
 RESOLUTION = 16
@@ -92,7 +92,7 @@ def shard(tmp_path, monkeypatch):
 
 def test_every_bad_input_is_one_error_row_naming_file_and_reason(shard):
     folder, items = shard
-    rows = run_shard(patch_model(), Run("ddim", "ddim", {}, 5, 1.0, 1.0), items, images_dir=folder,
+    rows = shard_rows(patch_model(), Run("ddim", "ddim", {}, 5, 1.0, 1.0), items, images_dir=folder,
                      resolution=RESOLUTION, dataset="t")
     assert [r["id"] for r in rows] == [i["id"] for i in items]  # the shard completed, in order
     first = {}

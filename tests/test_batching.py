@@ -17,8 +17,7 @@ from conftest import random_mixture
 from diffinv import METHODS
 from diffinv.config import Run
 from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
-from diffinv.runs import run_shard
-from diffinv.testing import write_tiny_stable_diffusion
+from diffinv.testing import shard_rows, write_tiny_stable_diffusion
 
 MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size", "batch_id"}
 PARAMS = {"renoise": {"reg_steps": 1, "ac_rolls": 2}, "aidi_a": {"K": 3}, "fpi": {"K": 2}}
@@ -54,10 +53,10 @@ def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, m
     folder, items = shard
     model = random_mixture(k=4, d=48, patch_size=4)  # full covariances: the eigenbasis einsum path
     run = Run(method, method, PARAMS.get(method, {}), 6, 1.0, 1.0)
-    common = dict(images_dir=folder, resolution=16, dataset="t", keep={"im0", "im5"}, save_latents=True)
-    one = run_shard(model, run, items, recon_dir=tmp_path / "one", **common)
+    common = dict(images_dir=folder, resolution=16, dataset="t", qualitative=6, save_latents=True)
+    one = shard_rows(model, run, items, recon_dir=tmp_path / "one", **common)
     calls = model.nfe
-    three = run_shard(model, run, items, recon_dir=tmp_path / "three", batch_size=3, **common)
+    three = shard_rows(model, run, items, recon_dir=tmp_path / "three", batch_size=3, **common)
     assert same(comparable(one), comparable(three))
     assert [r["status"] == "ok" for r in three] == [k != 3 for k in range(8)]
     ok = [r for r in three if r["status"] == "ok"]
@@ -88,9 +87,9 @@ def test_a_diverging_image_is_an_error_row_and_its_batch_neighbours_are_untouche
     model = FlatImageDiverges(base.weights, base.means, base.covariances, patch_size=4)
     run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
     common = dict(images_dir=folder, resolution=16, dataset="t")
-    batched = run_shard(model, run, items, batch_size=3, **common)
+    batched = shard_rows(model, run, items, batch_size=3, **common)
     assert [r["status"] for r in batched] == ["ok", "error: non-finite inverted latent", "ok"]
-    alone = [run_shard(model, run, [item], **common)[0] for item in items]
+    alone = [shard_rows(model, run, [item], **common)[0] for item in items]
     assert same(comparable(batched), comparable(alone))
 
 
@@ -110,17 +109,17 @@ def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
     run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
     common = dict(images_dir=folder, resolution=16, dataset="t")
     with caplog.at_level(logging.WARNING, logger="diffinv.runs"):
-        batched = run_shard(model, run, items[:5], batch_size=4, **common)
+        batched = shard_rows(model, run, items[:5], batch_size=4, **common)
     assert "a batch of 3 failed (out of memory (simulated)); inverting its images one at a time" in caplog.text
     ok = [r for r in batched if r["status"] == "ok"]
     assert [(r["batch_size"], r["batch_id"]) for r in ok] == [(1, 0), (1, 1), (1, 2), (1, 4)]
-    assert same(comparable(batched), comparable(run_shard(model, run, items[:5], **common)))
+    assert same(comparable(batched), comparable(shard_rows(model, run, items[:5], **common)))
 
 
 def test_batch_size_below_one_is_refused(shard):
     folder, items = shard
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
-        run_shard(random_mixture(k=2, d=48, patch_size=4), Run("ddim", "ddim", {}, 2, 1.0, 1.0), items,
+        shard_rows(random_mixture(k=2, d=48, patch_size=4), Run("ddim", "ddim", {}, 2, 1.0, 1.0), items,
                   images_dir=folder, resolution=16, dataset="t", batch_size=0)
 
 
@@ -131,8 +130,8 @@ def test_unet_batches_count_the_same_nfe_and_agree_to_round_off(shard, tmp_path,
                                                    dtype=torch.float32)
     run = Run(method, method, {}, 4, guidance, guidance)
     common = dict(images_dir=folder, resolution=16, dataset="t")
-    one = run_shard(model, run, items[:3], **common)
-    two = run_shard(model, run, items[:3], batch_size=3, **common)
+    one = shard_rows(model, run, items[:3], **common)
+    two = shard_rows(model, run, items[:3], batch_size=3, **common)
     assert [r["status"] for r in two] == ["ok"] * 3 and [r["batch_size"] for r in two] == [3] * 3
     for a, b in zip(one, two):
         assert (a["nfe_inversion"], a["nfe_reconstruction"]) == (b["nfe_inversion"], b["nfe_reconstruction"])

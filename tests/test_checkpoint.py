@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffinv.config import Run
 from diffinv.models import GaussianMixtureDenoiser
-from diffinv.runs import run_shard
+from diffinv.testing import shard_rows
 
 RUN = Run("ife", "ife", {}, 6, 1.0, 1.0)
 IMAGES = 6
@@ -30,9 +31,9 @@ class SlowModel(GaussianMixtureDenoiser):
         return super().forward(z, timestep, embedding)
 
 
-def model() -> SlowModel:
+def model(dtype=torch.float64) -> SlowModel:
     rng = np.random.default_rng(0)
-    return SlowModel(np.ones(3) / 3, rng.normal(0, 0.3, (3, 48)), np.full(3, 0.05), patch_size=4)
+    return SlowModel(np.ones(3) / 3, rng.normal(0, 0.3, (3, 48)), np.full(3, 0.05), patch_size=4, dtype=dtype)
 
 
 def items(folder: Path) -> list[dict]:
@@ -45,8 +46,8 @@ def items(folder: Path) -> list[dict]:
 
 
 def shard(folder: Path, checkpoint: Path | None, recon: Path, m=None, batch_size: int = 2) -> list[dict]:
-    return run_shard(m or model(), RUN, items(folder), images_dir=folder, resolution=16, dataset="t",
-                     keep={"im0", "im4"}, recon_dir=recon, checkpoint=checkpoint, batch_size=batch_size)
+    return shard_rows(m or model(), RUN, items(folder), images_dir=folder, resolution=16, dataset="t",
+                     qualitative=5, recon_dir=recon, checkpoint=checkpoint, batch_size=batch_size)
 
 
 def child(folder: str, checkpoint: str, recon: str) -> None:
@@ -92,6 +93,27 @@ def test_a_checkpoint_of_other_settings_is_not_reused(tmp_path):
     shard(folder, tmp_path / "partial", tmp_path / "a")
     other = Run("ife", "ife", {}, 4, 1.0, 1.0)
     m = model()
-    rows = run_shard(m, other, items(folder), images_dir=folder, resolution=16, dataset="t",
+    rows = shard_rows(m, other, items(folder), images_dir=folder, resolution=16, dataset="t",
                      checkpoint=tmp_path / "partial")
     assert all(r["num_steps"] == 4 for r in rows) and m.nfe == IMAGES * 8 + 1
+
+
+@pytest.mark.parametrize("change", ["dtype", "prompt", "code"])
+def test_a_checkpoint_written_under_another_dtype_prompt_or_code_is_discarded(tmp_path, change):
+    """Rows of an interrupted shard are reused only under the same settings and provenance."""
+    folder, partial = tmp_path / "images", tmp_path / "partial"
+    folder.mkdir()
+    first = shard(folder, partial, tmp_path / "a")
+    assert len(list(partial.glob("*.json"))) == IMAGES  # as a job killed after its last image leaves it
+    m = model(torch.float32 if change == "dtype" else torch.float64)
+    rows = shard_rows(m, RUN, items(folder), images_dir=folder, resolution=16, dataset="t", checkpoint=partial,
+                      prompt="empty" if change == "prompt" else "caption", code="edited" if change == "code" else "")
+    per_image = first[0]["nfe_inversion"] + first[0]["nfe_reconstruction"]
+    assert m.nfe == IMAGES * per_image + 1  # every image recomputed
+    assert all(r["dtype"] == ("float32" if change == "dtype" else "float64") for r in rows)
+    assert all(r["code"] == ("edited" if change == "code" else "") for r in rows)
+    # and the same settings again reuse every row
+    again = model(m.dtype)
+    shard_rows(again, RUN, items(folder), images_dir=folder, resolution=16, dataset="t", checkpoint=partial,
+               prompt="empty" if change == "prompt" else "caption", code="edited" if change == "code" else "")
+    assert again.nfe == 0

@@ -23,7 +23,7 @@ def child(folder: str, out: str) -> None:
 
     from diffinv.config import Run
     from diffinv.methods import get_method
-    from diffinv.runs import run_shard
+    from diffinv.testing import shard_rows
     from test_runs import patch_model
 
     torch.set_num_threads(1)  # reductions split over threads may sum in another order
@@ -35,7 +35,7 @@ def child(folder: str, out: str) -> None:
     rows = []
     for name, (method, params) in RUNS.items():
         run = Run(name, method, get_method(method).resolve(params), 8, 1.0, 1.0)
-        rows += run_shard(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t")
+        rows += shard_rows(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t")
     Path(out).write_text(json.dumps(rows))
 
 

@@ -10,7 +10,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
-from diffinv import report
+from diffinv import notebooks, report
 from diffinv.config import expand_runs, nfe_estimate, validate
 from snakemake_runner import ROOT, load_config
 from test_tables import NFE, results, runs  # noqa: F401  (fixtures)
@@ -137,7 +137,7 @@ def tiny_notebook(path):
 
 def test_execute_notebook_injects_parameters_and_renders_html(tmp_path):
     tiny_notebook(tmp_path / "nb.ipynb")
-    report.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "out" / "nb.ipynb", tmp_path / "nb.html",
+    notebooks.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "out" / "nb.ipynb", tmp_path / "nb.html",
                             parameters={"x": 2}, cwd=tmp_path)
     executed = nbformat.read(tmp_path / "out" / "nb.ipynb", as_version=4)
     assert any("x is 2" in o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
@@ -146,7 +146,7 @@ def test_execute_notebook_injects_parameters_and_renders_html(tmp_path):
     from papermill.exceptions import PapermillExecutionError
 
     with pytest.raises(PapermillExecutionError, match="x must be 2"):
-        report.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "failed.ipynb", parameters={"x": 3}, cwd=tmp_path)
+        notebooks.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "failed.ipynb", parameters={"x": 3}, cwd=tmp_path)
     failed = json.loads((tmp_path / "failed.ipynb").read_text())
     assert any(o.get("output_type") == "error" for c in failed["cells"] for o in c.get("outputs", []))
 
@@ -154,5 +154,5 @@ def test_execute_notebook_injects_parameters_and_renders_html(tmp_path):
 def test_execute_notebook_refuses_an_undeclared_parameter(tmp_path):
     tiny_notebook(tmp_path / "nb.ipynb")
     with pytest.raises(ValueError, match=r"no parameter named \['y'\].*it has \['x'\]"):
-        report.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", parameters={"y": 1})
+        notebooks.execute_notebook(tmp_path / "nb.ipynb", tmp_path / "out.ipynb", parameters={"y": 1})
     assert not (tmp_path / "out.ipynb").exists()

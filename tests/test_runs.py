@@ -9,7 +9,8 @@ from PIL import Image
 
 from diffinv.config import Run
 from diffinv.models import GaussianMixtureDenoiser
-from diffinv.runs import row_columns, run_shard
+from diffinv.runs import row_columns
+from diffinv.testing import shard_rows
 
 
 def patch_model(seed: int = 0) -> GaussianMixtureDenoiser:
@@ -40,7 +41,7 @@ def shard(tmp_path):
 def test_each_image_is_one_row_and_bad_ones_are_error_rows(shard, tmp_path):
     folder, items = shard
     run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
-    rows = run_shard(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t", keep={"a"},
+    rows = shard_rows(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t", qualitative=1,
                      recon_dir=tmp_path / "recon")
     assert [r["id"] for r in rows] == ["a", "b", "c", "d", "e"]
     assert all(set(r) == set(row_columns(())) for r in rows)
@@ -58,6 +59,6 @@ def test_each_image_is_one_row_and_bad_ones_are_error_rows(shard, tmp_path):
 def test_a_diverging_method_is_an_error_row_and_the_shard_goes_on(shard):
     folder, items = shard
     model = NaNModel(np.ones(3) / 3, np.zeros((3, 48)), np.full(3, 0.05), patch_size=4)
-    rows = run_shard(model, Run("ife", "ife", {}, 5, 1.0, 1.0), [items[0], items[4]], images_dir=folder,
+    rows = shard_rows(model, Run("ife", "ife", {}, 5, 1.0, 1.0), [items[0], items[4]], images_dir=folder,
                      resolution=16, dataset="t")
     assert [r["status"] for r in rows] == ["error: non-finite inverted latent"] * 2

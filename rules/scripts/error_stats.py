@@ -6,16 +6,17 @@ start(snakemake, offline=True)
 import logging
 
 import pandas as pd
+from diffinv.config import ErrorStatsJob
 from diffinv.data.captions import read_manifest
 from diffinv.runs import error_statistics, load_model
 
-config, stats = snakemake.config, snakemake.config["error_stats"]
-model = load_model(config["model"], snakemake.input.weights)
-items = read_manifest(snakemake.input.manifest, strict=False)[: stats["images"]]
-rows = error_statistics(model, snakemake.params.run, items, images_dir=snakemake.params.images,
-                        resolution=config["model"]["resolution"], prompt=config["inversion"]["prompt"],
-                        tol=stats["tol"], max_iter=stats["max_iter"])
-frame = pd.DataFrame(rows)
-frame.insert(0, "dataset", snakemake.wildcards.dataset)
+job = ErrorStatsJob.from_config(snakemake.config, snakemake.params.run, snakemake.wildcards.dataset)
+if job.signature != snakemake.params.signature:  # the rule's parameter must describe what runs
+    raise RuntimeError(f"job settings differ from the rule's signature:\n{job.signature}\n{snakemake.params.signature}")
+model = load_model(job.model, snakemake.input.weights)
+items = read_manifest(snakemake.input.manifest, strict=False)
+frame = pd.DataFrame(error_statistics(model, job, items, images_dir=snakemake.params.images))
+frame.insert(0, "dataset", job.dataset)
+frame["code"] = snakemake.params.code
 frame.to_csv(snakemake.output[0], index=False, lineterminator="\n")
 logging.info("%d rows, %d not converged", len(frame), int((~frame["converged"]).sum()) if len(frame) else 0)

@@ -4,7 +4,13 @@ from _job import start
 
 start(snakemake, uses_torch=False)
 
-from diffinv.report import execute_notebook
+from pathlib import Path
 
-execute_notebook(snakemake.input.notebook, snakemake.output.executed, snakemake.output.html,
-                 parameters=dict(snakemake.params.parameters))
+from diffinv.notebooks import execute_notebook
+from diffinv.provenance import provenance_line
+
+# The commit is read when the job runs, not planned: a new commit alone reruns nothing, and every
+# caption and figure footer says which code made it.
+parameters = dict(snakemake.params.parameters)
+parameters["label"] = f"{parameters['label']}; {provenance_line(Path(snakemake.scriptdir).parents[1])}"
+execute_notebook(snakemake.input.notebook, snakemake.output.executed, snakemake.output.html, parameters=parameters)

@@ -6,7 +6,6 @@ import argparse
 import ast
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,13 +65,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from .api import invert, reconstruct
-    from .images import load_image, save_image, to_tensor, to_uint8
-    from .metrics import image_metrics
+    from .config import Run
+    from .images import load_image, save_image
     from .models import GaussianMixtureDenoiser
+    from .roundtrip import round_trip
 
-    params = dict(args.param)
-    get_method(args.method).resolve(params)           # fail on a bad name before loading anything
+    params = get_method(args.method).resolve(dict(args.param))  # fail on a bad name before loading anything
+    run = Run(args.method, args.method, params, args.steps, args.guidance, args.guidance)
     model = load_model(args.model, args.device, args.dtype)
     multiple = model.patch_size if isinstance(model, GaussianMixtureDenoiser) and model.patch_size else 8
     size = args.size if args.size or isinstance(model, GaussianMixtureDenoiser) else 512
@@ -83,18 +82,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     for path in args.images:
         try:
             image = load_image(path, size=size, multiple=multiple)
-            start = time.perf_counter()
-            z0 = model.encode(to_tensor(image, dtype=model.dtype))
-            result = invert(args.method, model, z0, args.prompt, num_steps=args.steps, guidance=args.guidance,
-                            progress=not args.quiet, **params)
-            recon = to_uint8(model.decode(reconstruct(args.method, model, result, args.prompt,
-                                                      progress=not args.quiet)))[0]
-            seconds = time.perf_counter() - start
+            (m,) = round_trip(model, run, [image], [args.prompt or ""], progress=not args.quiet)
+            if m["status"] != "ok":
+                raise RuntimeError(m["status"].removeprefix("error: "))
             out_dir = Path(args.out) if args.out else Path(path).parent
             out = out_dir / f"{Path(path).stem}.{args.method}.png"
-            save_image(recon, out)
-            m = image_metrics(image, recon)
-            print(f"{path}\t{args.method}\t{result.nfe}\t{m['mse']:.4e}\t{m['psnr']:.2f}\t{m['ssim']:.4f}\t"
+            save_image(m["recon"], out)
+            seconds = m["seconds_inversion"] + m["seconds_reconstruction"]  # README, "Metrics": seconds
+            print(f"{path}\t{args.method}\t{m['nfe_inversion']}\t{m['mse']:.4e}\t{m['psnr']:.2f}\t{m['ssim']:.4f}\t"
                   f"{seconds:.2f}\t{out}")
         except (ValueError, RuntimeError) as exc:
             failures += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,87 @@ class Run:
         come back as lists, which leaves the signature unchanged."""
         return cls(row["run"], row["method"], json.loads(row["params"] or "{}"), int(row["num_steps"]),
                    float(row["guidance"]), float(row["reconstruction_guidance"]))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model a job runs: backend kind, weights (Hub id at a revision; the fitted mixture is named by
+    the file the workflow makes, whose digest each row records), dtype, device and input resolution."""
+
+    kind: str
+    dtype: str
+    device: str
+    resolution: int
+    repo_id: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def from_config(cls, model: dict[str, Any]) -> "ModelSpec":
+        return cls(model["kind"], model["dtype"], model["device"], int(model["resolution"]), model.get("repo_id"),
+                   model.get("revision"))
+
+    @property
+    def identity(self) -> str:
+        """What the weights are: ``<repo_id>@<revision>``, or the kind for a model fitted by the workflow."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id else self.kind
+
+
+@dataclass(frozen=True)
+class InvertJob:
+    """Every setting one invert job reads, built once from the validated config (:meth:`from_config`).
+
+    Its :attr:`signature` covers every setting that can change a row; the workflow passes it to the rule
+    as a parameter (a change reruns the job) and the shard's checkpoint is keyed on it. ``batch_size``
+    stays out: a row equals its batch-size-1 row (bit for bit on the analytic model, to round-off on a
+    UNet), so changing it reruns nothing.
+    """
+
+    run: Run
+    dataset: str
+    model: ModelSpec
+    prompt: str = "caption"                 # caption: the manifest's caption; empty: ""
+    lpips: tuple[str, ...] = ()             # LPIPS nets scored
+    lpips_trunk: str = "torchvision"        # where their ImageNet trunks come from
+    qualitative: int = 0                    # images with manifest index below this keep their PNG
+    save_latents: bool = False
+    batch_size: int = 1
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "InvertJob":
+        metrics = config["metrics"]
+        return cls(run, dataset, ModelSpec.from_config(config["model"]), config["inversion"]["prompt"],
+                   tuple(metrics["lpips"]), metrics["lpips_trunk"], int(config["qualitative"]),
+                   bool(config["save_latents"]), int(config["batch_size"]))
+
+    @property
+    def signature(self) -> str:
+        return json.dumps({"run": json.loads(self.run.signature), "dataset": self.dataset,
+                           "model": asdict(self.model), "prompt": self.prompt, "lpips": list(self.lpips),
+                           "lpips_trunk": self.lpips_trunk if self.lpips else None,
+                           "qualitative": self.qualitative, "save_latents": self.save_latents}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ErrorStatsJob:
+    """Every setting one error-statistics job (Figure 2) reads; the rule's parameter is its signature."""
+
+    run: Run
+    dataset: str
+    model: ModelSpec
+    prompt: str
+    images: int
+    tol: float
+    max_iter: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "ErrorStatsJob":
+        stats = config["error_stats"]
+        return cls(run, dataset, ModelSpec.from_config(config["model"]), config["inversion"]["prompt"],
+                   int(stats["images"]), float(stats["tol"]), int(stats["max_iter"]))
+
+    @property
+    def signature(self) -> str:
+        return json.dumps({**asdict(self), "run": json.loads(self.run.signature)}, sort_keys=True)
 
 
 def _validator(schema: dict[str, Any]):

@@ -10,14 +10,12 @@ import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from .api import invert, reconstruct
+from .config import Run
 from .data import DEMO_EVAL, DEMO_FIT, load_photo
-from .images import to_tensor, to_uint8
-from .methods import METHODS
-from .metrics import image_metrics
+from .methods import METHODS, get_method
 from .models import GaussianMixtureDenoiser, fit_gaussian_mixture
+from .roundtrip import round_trip
 
 # Fixed-point baselines at about the 150 NFE the IFE paper quotes for them.
 DEMO_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -40,19 +38,19 @@ def label(method: str, params: dict[str, Any]) -> str:
 
 def evaluate(model: GaussianMixtureDenoiser, images: np.ndarray, runs: Iterable[tuple[str, dict[str, Any]]], *,
              num_steps: int = 50) -> list[dict[str, Any]]:
-    """Invert and reconstruct a batch of uint8 images with each run; one row per run, metrics averaged."""
-    z0 = model.encode(to_tensor(list(images), dtype=torch.float64))
-    model.eps(z0, model.schedule(num_steps).timesteps[1], model.condition(None, len(z0)))  # warm-up, untimed
+    """Round trips of a batch of uint8 images with each run; one row per run, metrics and seconds
+    (inversion + reconstruction, as defined in ``diffinv.roundtrip``) averaged over the images."""
     rows = []
-    for method, params in runs:
-        start = time.perf_counter()
-        result = invert(method, model, z0, num_steps=num_steps, **params)
-        recon = to_uint8(model.decode(reconstruct(method, model, result)))
-        seconds = (time.perf_counter() - start) / len(images)
-        per_image = [image_metrics(ref, rec) for ref, rec in zip(images, recon)]
-        rows.append({"method": label(method, params), "nfe": result.nfe,
-                     **{k: float(np.mean([m[k] for m in per_image])) for k in ("mse", "psnr", "ssim")},
-                     "seconds": seconds})
+    for k, (method, params) in enumerate(runs):
+        run = Run(label(method, params), method, get_method(method).resolve(params), num_steps, 1.0, 1.0)
+        per_image = round_trip(model, run, list(images), [""] * len(images), warm_up=k == 0)
+        failed = [m["status"] for m in per_image if m["status"] != "ok"]
+        if failed:
+            raise RuntimeError(f"{run.name}: {failed[0]}")
+        rows.append({"method": run.name, "nfe": per_image[0]["nfe_inversion"],
+                     **{key: float(np.mean([m[key] for m in per_image])) for key in ("mse", "psnr", "ssim")},
+                     "seconds": float(np.mean([m["seconds_inversion"] + m["seconds_reconstruction"]
+                                               for m in per_image]))})
     return rows
 
 

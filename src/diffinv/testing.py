@@ -65,3 +65,23 @@ def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
     config = {k: v for k, v in STABLE_DIFFUSION_SCHEDULER_CONFIG.items() if not k.startswith("_")}
     DDIMScheduler.from_config(config).save_pretrained(folder / "scheduler")
     return folder
+
+
+def model_spec(model, resolution: int):
+    """The :class:`~diffinv.config.ModelSpec` of a model built in a test or benchmark."""
+    from .config import ModelSpec
+    from .models import GaussianMixtureDenoiser
+
+    kind = "gaussian_mixture" if isinstance(model, GaussianMixtureDenoiser) else "stable_diffusion"
+    return ModelSpec(kind, str(model.dtype).removeprefix("torch."), str(model.device), resolution)
+
+
+def shard_rows(model, run, items, *, images_dir, resolution: int, dataset: str = "t", qualitative: int = 0,
+               save_latents: bool = False, batch_size: int = 1, prompt: str = "caption", **kwargs):
+    """``run_shard`` with a job built from the test's model and settings (no LPIPS)."""
+    from .config import InvertJob
+    from .runs import run_shard
+
+    job = InvertJob(run, dataset, model_spec(model, resolution), prompt, qualitative=qualitative,
+                    save_latents=save_latents, batch_size=batch_size)
+    return run_shard(model, job, items, images_dir=images_dir, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: in a notebook it warns, naming this machine's paths
 
 from ..algebra import transfer
 from ..schedule import Schedule

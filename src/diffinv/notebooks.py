@@ -1,0 +1,28 @@
+"""Executing a report notebook with papermill into an executed copy plus standalone HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def execute_notebook(source: str | Path, executed: str | Path, html: str | Path | None = None, *,
+                     parameters: dict[str, Any] | None = None, cwd: str | Path = ".") -> None:
+    """Run ``source`` with papermill (``parameters`` injected after its cell tagged ``parameters``)
+    into ``executed``, then render that copy as standalone HTML. A parameter the notebook does not
+    declare is an error; a failing cell raises, and the executed copy up to the failure is kept."""
+    import papermill
+
+    known = papermill.inspect_notebook(str(source))
+    unknown = sorted(set(parameters or {}) - set(known))
+    if unknown:  # papermill would only warn, and the notebook would silently use its defaults
+        raise ValueError(f"{source}: no parameter named {unknown} in its cell tagged 'parameters' "
+                         f"(it has {sorted(known)})")
+    Path(executed).parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(source), str(executed), parameters=parameters or {}, cwd=str(cwd),
+                               progress_bar=False, log_output=False, kernel_name="python3")
+    if html is not None:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter(template_name="lab").from_filename(str(executed))
+        Path(html).write_text(body, encoding="utf-8")

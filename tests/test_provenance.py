@@ -1,4 +1,4 @@
-"""Code fingerprints at the right grain, weights digests, versions and the git line."""
+"""Code fingerprints at the right grain, weights digests, versions and the git line of captions."""
 
 import subprocess
 import time
@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from diffinv import provenance
+from diffinv import notebooks, provenance
 from diffinv.models import GaussianMixtureDenoiser
 from snakemake_runner import ROOT
 
@@ -84,7 +84,7 @@ def test_versions_name_every_library_a_row_depends_on():
 
 
 def test_the_git_line_marks_uncommitted_code_but_not_new_results(tmp_path):
-    assert provenance.git_description(tmp_path) == "not a git checkout"
+    assert notebooks.git_description(tmp_path) == "not a git checkout"
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.py").write_text("x = 1\n")
@@ -94,10 +94,11 @@ def test_the_git_line_marks_uncommitted_code_but_not_new_results(tmp_path):
     commit = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout.strip()
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "rows.csv").write_text("a\n")  # outputs do not make the code "modified"
-    assert provenance.git_description(tmp_path) == f"git {commit}"
-    (tmp_path / "src" / "a.py").write_text("x = 2\n")
-    assert provenance.git_description(tmp_path) == f"git {commit} + uncommitted changes"
-    assert provenance.provenance_line(tmp_path) == f"diffinv 0.1.0, git {commit} + uncommitted changes"
+    (tmp_path / "src" / "new.py").write_text("y = 1\n")  # nor does a file no tracked code uses yet
+    assert notebooks.git_description(tmp_path) == f"git {commit}"
+    (tmp_path / "src" / "a.py").write_text("import new\n")
+    assert notebooks.git_description(tmp_path) == f"git {commit} + uncommitted changes"
+    assert notebooks.provenance_line(tmp_path) == f"diffinv 0.1.0, git {commit} + uncommitted changes"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -1,7 +1,9 @@
-"""Executing a report notebook with papermill into an executed copy plus standalone HTML."""
+"""Executing a report notebook with papermill into an executed copy plus standalone HTML, and the
+provenance line its tables and figures carry."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +28,31 @@ def execute_notebook(source: str | Path, executed: str | Path, html: str | Path 
 
         body, _ = HTMLExporter(template_name="lab").from_filename(str(executed))
         Path(html).write_text(body, encoding="utf-8")
+
+
+# Paths whose changes can change a result; an edit elsewhere (README, committed outputs) does not
+# make a build "modified".
+CODE_PATHS = ("src", "rules", "notebooks", "config", "Snakefile", "pyproject.toml", "requirements.txt")
+
+
+def git_description(root: str | Path) -> str:
+    """``git <short commit>``, with ``+ uncommitted changes`` when code or config under ``root``
+    differ from it; ``not a git checkout`` outside one."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=10", "HEAD")
+        # untracked files count only through a tracked change that uses them (an import, an include)
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"git {commit}" + (" + uncommitted changes" if changed else "")
+
+
+def provenance_line(root: str | Path) -> str:
+    """The line every table caption and figure footer carries."""
+    from . import __version__
+
+    return f"diffinv {__version__}, {git_description(root)}"

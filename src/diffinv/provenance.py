@@ -1,5 +1,6 @@
 """Where a result came from: a fingerprint of the library code that can change it, the versions of
-the libraries that computed it, a digest of the model's weights, and the git commit of the checkout.
+the libraries that computed it, and a digest of the model's weights (the git commit that captions
+carry is ``diffinv.notebooks.provenance_line``).
 
 The workflow passes :func:`code_fingerprint` of each job as a rule parameter, so Snakemake reruns a job
 when code it imports changes, and only then. The fingerprint hashes each module's syntax tree without
@@ -15,7 +16,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -191,30 +191,3 @@ def weights_digest(path: str | Path) -> str:
                 h.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
                 h.update(value.tobytes())
     return h.hexdigest()
-
-
-# Paths whose changes can change a result; an edit elsewhere (README, committed outputs) does not
-# make a build "modified".
-CODE_PATHS = ("src", "rules", "notebooks", "config", "Snakefile", "pyproject.toml", "requirements.txt")
-
-
-def git_description(root: str | Path) -> str:
-    """``git <short commit>``, with ``+ uncommitted changes`` when code or config under ``root``
-    differ from it; ``not a git checkout`` outside one."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
-                              timeout=30).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short=10", "HEAD")
-        changed = git("status", "--porcelain", "--", *CODE_PATHS)
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    return f"git {commit}" + (" + uncommitted changes" if changed else "")
-
-
-def provenance_line(root: str | Path) -> str:
-    """The line every table caption and figure footer carries."""
-    from . import __version__
-
-    return f"diffinv {__version__}, {git_description(root)}"

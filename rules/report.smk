@@ -74,18 +74,20 @@ rule qualitative_figures:
 
 
 rule efficiency_figure:
-    """Quality against NFE and seconds; the paper preset's GPU-hours from the NFE measured here."""
+    """Quality against NFE and seconds; the GPU-hours of the paper preset (or of this GPU preset)."""
     input:
         notebook=notebook("efficiency"),
         rows=f"{RESULTS}/results.csv",
         runs=f"{RESULTS}/runs.csv",
+        throughput=repository_path(PRICED["report"]["throughput"]),
     output:
         REPORT_OUTPUTS["efficiency"],
         **executed("efficiency"),
     params:
         code=notebook_code("efficiency"),
         parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "tables_dir": TABLES_DIR,
-                    "paper": PAPER_PRESET, "label": TABLE_LABEL},
+                    "priced": PRICED, "throughput": repository_path(PRICED["report"]["throughput"]),
+                    "label": TABLE_LABEL},
     log:
         f"logs/{PRESET}/report/efficiency.log",
     localrule: True

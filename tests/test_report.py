@@ -42,7 +42,7 @@ def test_budget_uses_measured_nfe_of_the_same_setting_else_the_formula():
     paper = validate(load_config("config.yaml"), ROOT / "config" / "schema.yaml")
     # an odd measured count for ife proves the measurement, not the formula, is used
     rows, table = measured_rows({"ife": 123, "ddim": 100})
-    budget = report.preset_budget(paper, rows, table, seconds_per_nfe=0.5).set_index("run")
+    budget = report.preset_budget(paper, rows, table, 0.5).set_index("run")
     images = sum(d["count"] for d in paper["datasets"].values())
     assert budget.loc["ife", "nfe_source"] == "measured" and budget.loc["ife", "nfe_round_trip"] == 123
     assert budget.loc["ddim", "nfe_round_trip"] == 100  # the error row does not dilute the mean
@@ -60,11 +60,49 @@ def test_budget_uses_measured_nfe_of_the_same_setting_else_the_formula():
     assert budget.loc["total", "gpu_hours"] == pytest.approx(body["gpu_hours"].sum())
 
 
+def test_a_measured_rate_overrides_the_assumption_and_prices_the_vae(tmp_path):
+    from diffinv import throughput
+
+    paper = validate(load_config("config.yaml"), ROOT / "config" / "schema.yaml")
+    assumed = report.budget_rate(paper, None, None)
+    assert assumed.seconds_per_nfe == paper["report"]["seconds_per_nfe"] == pytest.approx(3.51 / 100)
+    assert assumed.source.startswith("assumed") and assumed.vae_encode_seconds is None
+    path = tmp_path / "throughput.json"
+    results = throughput.new_results("sd", 512, 1)
+    entry = {"unet_seconds_per_pass": 0.02, "vae_encode_seconds": 0.05, "vae_decode_seconds": 0.1}
+    throughput.add_entry(results, "Some GPU", paper["model"]["dtype"], paper["batch_size"], entry)
+    throughput.add_entry(results, "Some GPU", "float32", paper["batch_size"], {**entry, "unet_seconds_per_pass": 9})
+    throughput.write_results(path, results)
+    rate = report.budget_rate(paper, path, "Some GPU")
+    assert rate.seconds_per_nfe == 0.02 and rate.source.startswith("measured on Some GPU (float16")
+    assert report.budget_rate(paper, path, "Another GPU") == assumed  # unmeasured device: the assumption
+    rows, table = measured_rows({"ife": 100})
+    budget = report.preset_budget(paper, rows, table, rate).set_index("run")
+    images = sum(d["count"] for d in paper["datasets"].values())
+    assert budget.loc["ife", "gpu_hours"] == pytest.approx(images * 100 * 0.02 / 3600)
+    assert budget.loc["ife", "vae_hours"] == pytest.approx(images * (0.05 + 2 * 0.1) / 3600)
+    unmeasured = report.preset_budget(paper, rows, table, assumed)
+    assert unmeasured["vae_hours"].isna().all()  # not measured under the assumption: no number
+    guided = {**paper, "inversion": {**paper["inversion"], "guidance": 7.5}}
+    assert report.budget_rate(guided, path, "Some GPU") == assumed  # 8 UNet rows per call: not measured
+
+
+def test_a_guided_call_is_priced_as_two_passes():
+    paper = validate(load_config("config.yaml"), ROOT / "config" / "schema.yaml")
+    guided = {**paper, "inversion": {**paper["inversion"], "guidance": 7.5, "reconstruction_guidance": 7.5}}
+    empty = pd.DataFrame(columns=["run", "status", "nfe_inversion", "nfe_reconstruction"])
+    no_runs = pd.DataFrame(columns=["run", "alias_of"])
+    plain = report.preset_budget(paper, empty, no_runs, 1.0).set_index("run")
+    twice = report.preset_budget(guided, empty, no_runs, 1.0).set_index("run")
+    assert twice.loc["ddim", "nfe_round_trip"] == 2 * plain.loc["ddim", "nfe_round_trip"] == 200
+    assert twice.loc["ddim", "gpu_hours"] == pytest.approx(2 * plain.loc["ddim", "gpu_hours"])
+
+
 def test_budget_matches_settings_not_names():
     paper = validate(load_config("config.yaml"), ROOT / "config" / "schema.yaml")
     rows, table = measured_rows({"ife": 123})
     table.loc[0, "num_steps"] = 20  # a run called ife, but at N = 20: not the paper's ife
-    budget = report.preset_budget(paper, rows, table, seconds_per_nfe=1.0).set_index("run")
+    budget = report.preset_budget(paper, rows, table, 1.0).set_index("run")
     assert budget.loc["ife", "nfe_source"] == "formula"
     assert budget.loc["ife-N20", "nfe_source"] == "measured" and budget.loc["ife-N20", "nfe_round_trip"] == 123
 

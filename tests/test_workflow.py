@@ -10,7 +10,7 @@ import yaml
 from diffinv.config import expand_runs
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
-@pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml"])
+@pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml", "quick.yaml"])
 def test_lint_is_clean(preset):
     out = snakemake("--lint", "--configfile", str(ROOT / "config" / preset))
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
@@ -34,6 +34,16 @@ def test_paper_dry_run_lists_every_job(tmp_path):
     assert aliases == {"fpi-K3": "fpi", "aidi_e-K3": "aidi_e", "aidi_a-K3": "aidi_a", "renoise-K1": "renoise"}
     assert "results/paper/runs/coco/fpi-K3/" not in out.stdout
     assert "runtime=" in out.stdout and "gpu=1" in out.stdout
+
+
+def test_quick_dry_run_plans_every_job(tmp_path):
+    config = load_config("quick.yaml")
+    runs, aliases = expand_runs(config)
+    counts = job_counts(snakemake("-n", "--configfile", str(ROOT / "config" / "quick.yaml"), cwd=tmp_path).stdout)
+    assert counts["invert"] == len(runs) * len(config["datasets"]) == 16 and not aliases
+    assert counts["error_stats"] == len(config["datasets"]) * 3
+    for rule in ("tables", "error_figure", "qualitative_figures", "efficiency_figure", "all"):
+        assert counts[rule] == 1, rule
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):

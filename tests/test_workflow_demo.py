@@ -147,7 +147,7 @@ def test_demo_notebooks_execute_and_write_every_figure(demo):
             assert 400 <= im.width <= 6000 and 300 <= im.height <= 8000, (stem, im.size)
         assert (figures / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     config = demo_config()
-    budget = read_table(work / "tables" / "demo" / "paper_budget.csv")
+    budget = read_table(work / "tables" / "demo" / "budget.csv")
     paper_runs, _ = expand_runs(load_config("config.yaml"))
     assert list(budget["run"])[: len(paper_runs)] == list(paper_runs) and budget["run"].iloc[-1] == "total"
     measured = budget[budget["nfe_source"] == "measured"]["run"]

@@ -181,7 +181,7 @@ def test_the_snakemake_report_holds_every_table_and_figure(tiny):
     run(work, "--report", "report.zip")
     with zipfile.ZipFile(work / "report.zip") as archive:
         names = "\n".join(archive.namelist())
-    for stem in ("table1_reconstruction.csv", "paired_psnr_vs_ife.csv", "paper_budget.csv",
+    for stem in ("table1_reconstruction.csv", "paired_psnr_vs_ife.csv", "budget.csv",
                  "figure2_error_statistics.png", "figure3_qualitative_tiny.png", "quality_vs_cost.png",
                  "tables.html"):
         assert stem in names, stem

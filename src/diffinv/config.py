@@ -32,23 +32,25 @@ class Run:
     num_steps: int
     guidance: float
     reconstruction_guidance: float
+    dtype: str | None = None  # the network's dtype for this run only (a precision ablation); None: model.dtype
 
     @property
     def signature(self) -> str:
-        return json.dumps([self.method, self.params, self.num_steps, self.guidance, self.reconstruction_guidance],
-                          sort_keys=True, default=str)
+        own_dtype = [self.dtype] if self.dtype else []  # unset, a run keeps the signature it always had
+        return json.dumps([self.method, self.params, self.num_steps, self.guidance, self.reconstruction_guidance,
+                           *own_dtype], sort_keys=True, default=str)
 
     def as_dict(self) -> dict[str, Any]:
         return {"run": self.name, "method": self.method, "params": json.dumps(self.params, sort_keys=True),
                 "num_steps": self.num_steps, "guidance": self.guidance,
-                "reconstruction_guidance": self.reconstruction_guidance}
+                "reconstruction_guidance": self.reconstruction_guidance, "run_dtype": self.dtype or ""}
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Run":
         """The inverse of :meth:`as_dict` (a row of ``runs.csv``, as text or numbers); tuples in the params
         come back as lists, which leaves the signature unchanged."""
         return cls(row["run"], row["method"], json.loads(row["params"] or "{}"), int(row["num_steps"]),
-                   float(row["guidance"]), float(row["reconstruction_guidance"]))
+                   float(row["guidance"]), float(row["reconstruction_guidance"]), row.get("run_dtype") or None)
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,17 @@ class ModelSpec:
     resolution: int
     repo_id: str | None = None
     revision: str | None = None
+    latent_dtype: str | None = None   # the trajectory's dtype (Stable Diffusion); None: the network's
+    channels_last: bool = False
+    compile: bool = False
 
     @classmethod
-    def from_config(cls, model: dict[str, Any]) -> "ModelSpec":
-        return cls(model["kind"], model["dtype"], model["device"], int(model["resolution"]), model.get("repo_id"),
-                   model.get("revision"))
+    def from_config(cls, model: dict[str, Any], run: Run | None = None) -> "ModelSpec":
+        """The configured model, in ``run``'s own dtype if it sets one."""
+        dtype = run.dtype if run is not None and run.dtype else model["dtype"]
+        return cls(model["kind"], dtype, model["device"], int(model["resolution"]), model.get("repo_id"),
+                   model.get("revision"), model.get("latent_dtype"), bool(model.get("channels_last", False)),
+                   bool(model.get("compile", False)))
 
     @property
     def identity(self) -> str:
@@ -97,7 +105,7 @@ class InvertJob:
     @classmethod
     def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "InvertJob":
         metrics = config["metrics"]
-        return cls(run, dataset, ModelSpec.from_config(config["model"]), config["inversion"]["prompt"],
+        return cls(run, dataset, ModelSpec.from_config(config["model"], run), config["inversion"]["prompt"],
                    tuple(metrics["lpips"]), metrics["lpips_trunk"], int(config["qualitative"]),
                    bool(config["save_latents"]), int(config["batch_size"]))
 
@@ -124,7 +132,7 @@ class ErrorStatsJob:
     @classmethod
     def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "ErrorStatsJob":
         stats = config["error_stats"]
-        return cls(run, dataset, ModelSpec.from_config(config["model"]), config["inversion"]["prompt"],
+        return cls(run, dataset, ModelSpec.from_config(config["model"], run), config["inversion"]["prompt"],
                    int(stats["images"]), float(stats["tol"]), int(stats["max_iter"]))
 
     @property
@@ -179,7 +187,7 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
             raise ConfigError(f"config key runs.{name}.params: {exc}") from None
         runs[name] = Run(name, method.name, params, spec.get("num_steps", inv["num_steps"]),
                          float(spec.get("guidance", inv["guidance"])),
-                         float(spec.get("reconstruction_guidance", inv["reconstruction_guidance"])))
+                         float(spec.get("reconstruction_guidance", inv["reconstruction_guidance"])), spec.get("dtype"))
     for run in runs.values():
         if get_method(run.method).state != "latent" and run.guidance != run.reconstruction_guidance:
             raise ConfigError(f"config key runs.{run.name}: an exact method needs the same guidance in both "
@@ -200,15 +208,15 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
                         raise ConfigError(f"config key sweeps.{index}.runs: method {base.method!r} has no parameter K")
                     name, run = f"{base_name}-K{value}", Run("", base.method, {**base.params, "K": value},
                                                              base.num_steps, base.guidance,
-                                                             base.reconstruction_guidance)
+                                                             base.reconstruction_guidance, base.dtype)
                 else:
                     name, run = f"{base_name}-N{value}", Run("", base.method, base.params, value, base.guidance,
-                                                             base.reconstruction_guidance)
+                                                             base.reconstruction_guidance, base.dtype)
                 if run.signature in by_signature:
                     aliases[name] = by_signature[run.signature]
                 else:
                     variants[name] = Run(name, run.method, run.params, run.num_steps, run.guidance,
-                                         run.reconstruction_guidance)
+                                         run.reconstruction_guidance, run.dtype)
                     by_signature[run.signature] = name
     return {**runs, **variants}, aliases
 
@@ -238,6 +246,11 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
     model = config["model"]
     if model["kind"] == "stable_diffusion" and model["resolution"] % 8:
         raise ConfigError("config key model.resolution: Stable Diffusion needs a multiple of 8")
+    if model["kind"] != "stable_diffusion":
+        for key in ("latent_dtype", "channels_last", "compile"):
+            if model.get(key):
+                raise ConfigError(f"config key model.{key}: a Stable Diffusion option; the {model['kind']} "
+                                  "model has no network to lay out or compile, and its latents are its dtype")
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 

@@ -7,6 +7,8 @@ every number they show is computed by tested library code.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -120,25 +122,72 @@ def cost_points(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the paper preset's budget
 
+# The diffusers documentation ("Speed up inference", v0.33.1): 3.51 s for 50 DDIM steps of SD v1.x at
+# 512 px on an A100 in float16 with classifier-free guidance, i.e. 100 UNet image-passes. This project
+# counts one image-pass as one NFE, so the rate is 3.51 / 100 s per NFE.
+ASSUMED_SOURCE = ("assumed: 3.51 s for 50 guided DDIM steps (100 UNet image-passes) of SD at 512 px on an "
+                  "A100 in float16, diffusers docs 'Speed up inference' v0.33.1")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Seconds per NFE (one UNet image-pass) and where the figure comes from; VAE seconds per image
+    where measured."""
+
+    seconds_per_nfe: float
+    source: str
+    vae_encode_seconds: float | None = None
+    vae_decode_seconds: float | None = None
+
+
+def budget_rate(preset: dict[str, Any], throughput: str | Path | None = None, device: str | None = None) -> Rate:
+    """The rate to price ``preset`` at: the measurement of ``device`` at the preset's dtype and UNet batch
+    (``batch_size`` images, twice that when any run is guided) from the throughput file
+    (``benchmarks/sd_throughput.py``), or else the documented rate ``report.seconds_per_nfe``, labelled
+    as an assumption. ``device=None``: the preset's device on this machine, if it has one."""
+    from . import throughput as bench
+
+    model = preset["model"]
+    runs, _ = expand_runs(preset)
+    guided = any(r.guidance != 1 or r.reconstruction_guidance != 1 for r in runs.values())
+    rows = preset["batch_size"] * (2 if guided else 1)
+    if device is None and model["device"].startswith("cuda"):
+        import torch
+
+        device = bench.device_name(model["device"]) if torch.cuda.is_available() else None
+    entry = bench.lookup(throughput, device, model["dtype"], rows) if throughput and device else None
+    if entry is None:
+        return Rate(float(preset["report"]["seconds_per_nfe"]), ASSUMED_SOURCE)
+    return Rate(float(entry["unet_seconds_per_pass"]),
+                f"measured on {device} ({model['dtype']}, {rows} UNet rows per call; benchmarks/sd_throughput.py)",
+                entry.get("vae_encode_seconds"), entry.get("vae_decode_seconds"))
+
 
 def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs: pd.DataFrame,
-                  seconds_per_nfe: float) -> pd.DataFrame:
+                  rate: Rate | float) -> pd.DataFrame:
     """Network evaluations and GPU-hours of every run of a preset (normally the paper's).
 
-    NFE per image (inversion + reconstruction) is taken from ``measured`` rows of a run with the same
-    method, parameters, step count and guidance, since NFE does not depend on the network; a run
-    without such a measurement falls back to the method registry's formula, and the ``nfe_source``
-    column says which. GPU-hours = images x NFE x ``seconds_per_nfe`` / 3600 (an assumed rate).
+    NFE per image (inversion + reconstruction, a guided call counted as two image-passes) is taken
+    from ``measured`` rows of a run with the same method, parameters, step count and guidance, since
+    NFE does not depend on the network; a run without such a measurement falls back to the method
+    registry's formula, and the ``nfe_source`` column says which. GPU-hours = images x NFE x the
+    rate's seconds per NFE / 3600. ``vae_hours``: each image of a run is encoded once and decoded
+    twice (its reconstruction and the VAE round trip the ``*_vae`` metrics compare with), an error-
+    statistics image encoded once; NaN where the rate has no VAE measurement.
     """
+    rate = rate if isinstance(rate, Rate) else Rate(float(rate), "given")
     runs, _ = expand_runs(config)
     images = sum(spec.get("count", 0) for spec in config["datasets"].values())
     by_setting = _measured_nfe(measured, measured_runs)
+    encode = rate.vae_encode_seconds if rate.vae_encode_seconds is not None else math.nan
+    decode = rate.vae_decode_seconds if rate.vae_decode_seconds is not None else math.nan
     out = []
     for run in runs.values():
         nfe = by_setting.get(run.signature)
         out.append({"run": run.name, "method": run.method, "images": images,
                     "nfe_round_trip": nfe if nfe is not None else float(nfe_estimate(run)),
-                    "nfe_source": "measured" if nfe is not None else "formula"})
+                    "nfe_source": "measured" if nfe is not None else "formula",
+                    "vae_seconds_per_image": encode + 2 * decode})
     stats = config["error_stats"]
     for name in stats["runs"]:
         run = runs[name]
@@ -146,12 +195,13 @@ def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs:
         out.append({"run": f"error statistics: {name}", "method": run.method,
                     "images": stats["images"] * len(config["datasets"]),
                     "nfe_round_trip": float(nfe_estimate(run) + run.num_steps * stats["max_iter"]),
-                    "nfe_source": "bound"})
+                    "nfe_source": "bound", "vae_seconds_per_image": encode})
     table = pd.DataFrame(out)
     table["nfe_all_images"] = table["images"] * table["nfe_round_trip"]
-    table["gpu_hours"] = table["nfe_all_images"] * seconds_per_nfe / 3600.0
-    total = {"run": "total", "method": "", "nfe_source": "",
-             "nfe_all_images": table["nfe_all_images"].sum(), "gpu_hours": table["gpu_hours"].sum()}
+    table["gpu_hours"] = table["nfe_all_images"] * rate.seconds_per_nfe / 3600.0
+    table["vae_hours"] = table["images"] * table.pop("vae_seconds_per_image") / 3600.0
+    total = {"run": "total", "method": "", "nfe_source": "", "nfe_all_images": table["nfe_all_images"].sum(),
+             "gpu_hours": table["gpu_hours"].sum(), "vae_hours": table["vae_hours"].sum(min_count=len(table))}
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 

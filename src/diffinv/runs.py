@@ -32,13 +32,14 @@ IMAGE_METRICS = ("mse", "psnr", "ssim")
 # Where a row came from: the code fingerprint the workflow passed, the libraries that computed it, the
 # weights, and the dtype and device the model actually ran in.
 PROVENANCE = ("code", "torch_version", "diffusers_version", "transformers_version", "lpips_version", "model",
-              "weights_sha256", "dtype", "device")
+              "weights_sha256", "dtype", "latent_dtype", "device")
 
 
 def row_columns(lpips_nets: Sequence[str]) -> list[str]:
     """The columns of a shard's CSV, in order; ``*_vae`` compare with the round trip."""
     quality = [*IMAGE_METRICS, *(f"lpips_{n}" for n in lpips_nets)]
-    return ["dataset", "run", "method", "params", "num_steps", "guidance", "reconstruction_guidance", "index", "id",
+    return ["dataset", "run", "method", "params", "num_steps", "guidance", "reconstruction_guidance", "run_dtype",
+            "index", "id",
             "status", "nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction",
             "batch_size", "batch_id", "peak_mem_mb", "peak_mem_kind", *quality, "latent_mse",
             *(f"{m}_vae" for m in quality), *PROVENANCE]
@@ -60,7 +61,9 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
 
     if str(weights).endswith(".json"):
         weights = json.loads(Path(weights).read_text())["folder"]
-    return StableDiffusionBackend.from_pretrained(Path(weights), device=device, dtype=dtype, local_files_only=True)
+    return StableDiffusionBackend.from_pretrained(
+        Path(weights), device=device, dtype=dtype, local_files_only=True, channels_last=spec.channels_last,
+        compile=spec.compile, latent_dtype=DTYPES[spec.latent_dtype] if spec.latent_dtype else None)
 
 
 def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sha256: str = "") -> dict[str, str]:
@@ -68,8 +71,11 @@ def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sh
     dtype, device, wanted = str(model.dtype).removeprefix("torch."), str(model.device), torch.device(spec.device)
     if dtype != spec.dtype or model.device.type != wanted.type or wanted.index not in (None, model.device.index):
         raise ValueError(f"the model runs in {dtype} on {device}, but the job says {spec.dtype} on {spec.device}")
+    latent_dtype = str(model.latent_dtype).removeprefix("torch.")
+    if latent_dtype != (spec.latent_dtype or spec.dtype):
+        raise ValueError(f"the model's latents are {latent_dtype}, but the job says {spec.latent_dtype or spec.dtype}")
     return {"code": code, **library_versions(), "model": spec.identity, "weights_sha256": weights_sha256,
-            "dtype": dtype, "device": device}
+            "dtype": dtype, "latent_dtype": latent_dtype, "device": device}
 
 
 class Checkpoint:

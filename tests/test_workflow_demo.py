@@ -154,6 +154,7 @@ def test_demo_notebooks_execute_and_write_every_figure(demo):
     assert {"ddim", "ife", "fpi-K1", "fpi-K10", "ife-N10"} <= set(measured)
     paired = read_table(work / "tables" / "demo" / "paired_psnr_vs_ife.csv").set_index("run")
     assert paired.loc["ddim", "difference"] < 0 and paired.loc["ddim", "better"] == 0
+    assert paired.loc["ddim", "verdict"] == "lower" and paired.loc["edict", "verdict"] == "higher (exact)"
     assert set(paired.index) == set(expand_runs(config)[0]) - {"ife"}
 
 

@@ -29,7 +29,7 @@ LABELS = {
     "error_approximation": "Error approx.", "e0": "e0", "N": "N", "K": "K", "difference": "Difference",
     "better": "Images better", "reference": "Reference", "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
-    "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype",
+    "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype", "verdict": "95% CI says",
 }
 TEX_LABELS = {"e0": "$e_0$"}  # math the escaper must not touch
 # Decimals per metric so a column reads uniformly; other floats: integers plain, else 4 significant digits.
@@ -198,9 +198,20 @@ def exact_family(results: pd.DataFrame, runs: pd.DataFrame,
     return pd.DataFrame(out)
 
 
+def verdict(diff: pd.Series, mean: float, ci: float) -> str:
+    """What a paired difference supports: ``higher`` or ``lower`` only when its 95% CI excludes 0
+    (``exact`` when every image's difference is +inf: an exact method against a finite one)."""
+    if len(diff) and np.isposinf(diff).all():
+        return "higher (exact)"
+    if not np.isfinite(mean) or not np.isfinite(ci):
+        return "not resolved"
+    return "higher" if mean - ci > 0 else "lower" if mean + ci < 0 else "not resolved"
+
+
 def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, metric: str = "psnr") -> pd.DataFrame:
     """Per dataset and computed run: the mean per-image difference ``run - reference`` in ``metric`` over
-    the images both inverted without error, its 95% CI, and on how many images the run is higher."""
+    the images both inverted without error, its 95% CI, on how many images the run is higher, and the
+    :func:`verdict` the CI supports."""
     ref_name = _canonical(runs, reference)
     names = [name for name in _computed(runs)["run"] if name != ref_name]
     out = []
@@ -213,7 +224,8 @@ def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, me
             diff = own[common] - ref[common]
         mean, ci = mean_ci(diff)
         out.append({"dataset": dataset, "run": name, "reference": reference, "images": len(common),
-                    "difference": mean, "difference_ci95": ci, "better": int((diff > 0).sum())})
+                    "difference": mean, "difference_ci95": ci, "better": int((diff > 0).sum()),
+                    "verdict": verdict(diff, mean, ci)})
     return pd.DataFrame(out)
 
 
@@ -237,11 +249,13 @@ def precision(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             own = ok.set_index("id")["psnr"]
             common = own.index.intersection(ref.index)
             with np.errstate(invalid="ignore"):
-                diff, ci = mean_ci(own[common] - ref[common]) if name != base else (math.nan, math.nan)
+                diffs = own[common] - ref[common]
+                diff, ci = mean_ci(diffs) if name != base else (math.nan, math.nan)
             actual = {c: ok[c].iloc[0] if c in ok and len(ok) else MISSING for c in ("dtype", "latent_dtype")}
             out.append({"dataset": dataset, "method": members["method"].iloc[0], "run": name, **actual,
                         **_with_ci(ok, ("psnr", "ssim", "lpips_alex", "latent_mse")),
-                        "difference": diff, "difference_ci95": ci, "reference": base})
+                        "difference": diff, "difference_ci95": ci, "reference": base,
+                        "verdict": verdict(diffs, diff, ci) if name != base else MISSING})
     return pd.DataFrame(out)
 
 

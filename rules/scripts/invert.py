@@ -1,5 +1,5 @@
 """One (dataset, run, shard) job: load the model once, invert and reconstruct every image."""
-from _job import start
+from _job import check_signature, start
 
 start(snakemake, offline=True)
 
@@ -13,8 +13,7 @@ from diffinv.provenance import weights_digest
 from diffinv.runs import load_model, row_columns, run_shard
 
 job = InvertJob.from_config(snakemake.config, snakemake.params.run, snakemake.wildcards.dataset)
-if job.signature != snakemake.params.signature:  # the rule's parameter must describe what runs
-    raise RuntimeError(f"job settings differ from the rule's signature:\n{job.signature}\n{snakemake.params.signature}")
+check_signature(job, snakemake)
 
 model = load_model(job.model, snakemake.input.weights)
 perceptual = None

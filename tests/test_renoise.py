@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffinv import METHODS, invert, reconstruct
-from diffinv.methods.renoise import patch_kl, regularize_noise
+from diffinv.methods.renoise import (NoiseRegularizer, auto_correlation_grad, patch_kl, patch_kl_grad,
+                                     regularize_noise)
 from diffinv.models import StableDiffusionBackend
 from diffinv.testing import write_tiny_stable_diffusion
 
@@ -40,6 +41,7 @@ def test_kl_gradient_overflows_on_a_flat_float16_patch():
         var = flat.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(patch_kl(var, reference), var)
     assert not torch.isfinite(grad).all()   # d/dv log(1/(v + 1e-6)) = -1e6 overflows float16, times 0
+    assert not torch.isfinite(patch_kl_grad(flat, reference)).all()  # the closed form overflows alike
     out = regularize_noise(flat, reference, torch.Generator().manual_seed(0), lambda_kl=0.065, lambda_ac=20,
                            reg_steps=4, ac_rolls=5, nan_guard=True)
     assert torch.isfinite(out).all()
@@ -83,11 +85,157 @@ def looped_auto_correlation(e, generator):
 
 @pytest.mark.parametrize("shape", [(4, 64, 64), (3, 40, 24), (2, 8, 8), (4, 5, 7), (3, 37, 21)])
 def test_closed_form_auto_correlation_gradient_equals_autograd_through_the_official_loop(shape):
-    from diffinv.methods.renoise import auto_correlation_grad
-
     e = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = e.clone().requires_grad_(True)
     loss = looped_auto_correlation(x, torch.Generator().manual_seed(7))
     (expected,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(auto_correlation_grad(e, torch.Generator().manual_seed(7)), expected,
                                rtol=1e-10, atol=1e-15)
+
+
+# The regulariser as it was before its vectorisation (issue 14), copied from src/diffinv/methods/renoise.py
+# with names prefixed and annotations and docstrings dropped: the reference the vectorised one must equal,
+# and the "before" of benchmarks/renoise.py. Image by image, channel by channel, the KL gradient by autograd.
+REFERENCE_KL_EPSILON = 1e-6
+
+
+def reference_patch_kl(e, reference, patch=4):
+    def stats(x):
+        rows = x.unfold(1, patch, patch).unfold(2, patch, patch).flatten(3)   # (C, nh, nw, p*p)
+        return rows.mean(-1), rows.var(-1)
+
+    mu, var = stats(e)
+    mu_ref, var_ref = stats(reference)
+    kl = (torch.log((var_ref + REFERENCE_KL_EPSILON) / (var + REFERENCE_KL_EPSILON))
+          + (var + (mu - mu_ref) ** 2) / (var_ref + REFERENCE_KL_EPSILON) - 1)
+    return kl.abs().sum()
+
+
+def reference_auto_correlation_grad(e, generator):
+    import torch.nn.functional as F
+
+    grads = []
+    for channel in e:
+        levels = [channel]
+        shifts = [int(torch.randint(0, max(channel.shape[0] // 2, 1), (1,), generator=generator))]
+        while levels[-1].shape[0] > 8:
+            levels.append(F.avg_pool2d(levels[-1][None, None], kernel_size=2)[0, 0])
+            shifts.append(int(torch.randint(0, max(levels[-1].shape[0] // 2, 1), (1,), generator=generator)))
+        grad = torch.zeros_like(levels[-1])
+        for level in range(len(levels) - 1, -1, -1):
+            noise, shift = levels[level], shifts[level]
+            if level < len(levels) - 1:  # pooling's adjoint: a quarter of each cell to its 2 x 2 block
+                h, w = grad.shape
+                spread = torch.zeros_like(noise)
+                spread[: 2 * h, : 2 * w] = grad.repeat_interleave(2, 0).repeat_interleave(2, 1) / 4
+                grad = spread
+            for dim in (0, 1):
+                ahead, behind = noise.roll(shift, dim), noise.roll(-shift, dim)
+                grad = grad + (2 * (noise * ahead).mean() / noise.numel()) * (ahead + behind)
+        grads.append(grad)
+    return torch.stack(grads)
+
+
+def reference_descend(e, grad, rate, clip, nan_guard):
+    if clip is not None:
+        grad = grad.clamp(-clip, clip)
+    if nan_guard and not bool(torch.isfinite(grad).all()):
+        return e
+    return e - rate * grad
+
+
+def reference_kl_grad(e, reference):
+    with torch.enable_grad():
+        var = e.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(reference_patch_kl(var, reference), var)
+    return grad
+
+
+def reference_regularize_noise(e, reference, generator, *, lambda_kl, lambda_ac, reg_steps, ac_rolls, nan_guard):
+    """ReNoise's noise regulariser on one image's noise (C, H, W), as it was before issue 14."""
+    for _ in range(reg_steps):
+        if lambda_kl > 0:
+            e = reference_descend(e, reference_kl_grad(e, reference), lambda_kl, 100.0, nan_guard)
+        if lambda_ac > 0:
+            for _ in range(ac_rolls):
+                e = reference_descend(e, reference_auto_correlation_grad(e, generator), lambda_ac / ac_rolls, None,
+                                      nan_guard)
+    return e
+
+
+def seeded(count, seed=0):
+    return [torch.Generator().manual_seed(seed + b) for b in range(count)]
+
+
+def noise_and_reference(shape, seed):
+    data = torch.Generator().manual_seed(100 + seed)
+    noise = torch.randn(shape, dtype=torch.float64, generator=data)
+    return noise, noise + 0.5 * torch.randn(shape, dtype=torch.float64, generator=data)
+
+
+OFFICIAL = {"lambda_kl": 0.065, "lambda_ac": 20.0, "reg_steps": 4, "ac_rolls": 5}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("nan_guard", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (3, 4, 8, 8), (1, 4, 64, 64), (3, 4, 64, 64), (2, 3, 64, 64),
+                                   (2, 3, 40, 24), (2, 3, 37, 21)])
+def test_vectorised_regulariser_equals_the_previous_one(shape, nan_guard, seed):
+    # 64 x 64 and 40 x 24 halve exactly down the pyramid (one run of polyphase planes), 37 x 21 does not
+    noise, reference = noise_and_reference(shape, seed)
+    new_generators, old_generators = seeded(shape[0], seed), seeded(shape[0], seed)
+    new = NoiseRegularizer(new_generators, nan_guard=nan_guard, **OFFICIAL)(noise, reference)
+    old = torch.stack([reference_regularize_noise(noise[b], reference[b], old_generators[b], nan_guard=nan_guard,
+                                                  **OFFICIAL) for b in range(shape[0])])
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12)
+    for new_generator, old_generator in zip(new_generators, old_generators):  # as many shifts drawn
+        assert torch.equal(new_generator.get_state(), old_generator.get_state())
+    single = regularize_noise(noise[-1], reference[-1], seeded(shape[0], seed)[-1], nan_guard=nan_guard, **OFFICIAL)
+    torch.testing.assert_close(single, old[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_guard_skips_only_the_image_whose_gradient_is_not_finite():
+    noise, reference = noise_and_reference((2, 4, 64, 64), 0)
+    noise[1, 2, 5, 7] = float("nan")
+    new = NoiseRegularizer(seeded(2), nan_guard=True, **OFFICIAL)(noise, reference)
+    old = torch.stack([reference_regularize_noise(noise[b], reference[b], generator, nan_guard=True, **OFFICIAL)
+                       for b, generator in enumerate(seeded(2))])
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isfinite(new[0]).all() and not torch.equal(new[0], noise[0])
+    torch.testing.assert_close(new[1], noise[1], rtol=0, atol=0, equal_nan=True)  # every update skipped
+
+
+def test_regulariser_reused_across_calls_equals_fresh_ones():
+    # ReNoise keeps one regulariser (and its buffers) for a whole inversion; its generators run on
+    regularizer, generators = NoiseRegularizer(seeded(2), nan_guard=False, **OFFICIAL), seeded(2)
+    for seed in range(3):
+        noise, reference = noise_and_reference((2, 4, 64, 64), seed)
+        expected = torch.stack([reference_regularize_noise(noise[b], reference[b], generators[b], nan_guard=False,
+                                                           **OFFICIAL) for b in range(2)])
+        torch.testing.assert_close(regularizer(noise, reference), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_vectorised_regulariser_batch_equals_its_images_one_by_one():
+    noise, reference = noise_and_reference((3, 4, 64, 64), 0)
+    batch = NoiseRegularizer(seeded(3), nan_guard=False, **OFFICIAL)(noise, reference)
+    for b, generator in enumerate(seeded(3)):
+        single = NoiseRegularizer([generator], nan_guard=False, **OFFICIAL)(noise[b:b + 1], reference[b:b + 1])
+        torch.testing.assert_close(batch[b:b + 1], single, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("shape", [(4, 64, 64), (3, 64, 64), (3, 40, 24), (2, 8, 8), (4, 5, 7), (3, 37, 21),
+                                   (4, 16, 48), (1, 96, 96)])
+def test_auto_correlation_gradient_equals_the_previous_one(shape, seed):
+    noise = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(auto_correlation_grad(noise, torch.Generator().manual_seed(seed)),
+                               reference_auto_correlation_grad(noise, torch.Generator().manual_seed(seed)),
+                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 64), (2, 3, 16, 16), (3, 37, 21)])
+def test_closed_form_kl_gradient_equals_autograd(shape):
+    noise, reference = noise_and_reference(shape, 0)
+    expected = torch.stack([reference_kl_grad(n, r) for n, r in zip(noise.view(-1, *shape[-3:]),
+                                                                   reference.view(-1, *shape[-3:]))])
+    torch.testing.assert_close(patch_kl_grad(noise, reference), expected.view(shape), rtol=1e-12, atol=1e-12)

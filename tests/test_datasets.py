@@ -61,6 +61,18 @@ def test_manifest_round_trip(tmp_path):
     assert b"\r" not in path.read_bytes() and path.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
 
 
+def test_manifest_extra_columns_follow_the_standard_ones(tmp_path):
+    path = tmp_path / "manifest.csv"
+    rows = [row | {"crop": "0 0 8 8"} for row in _rows()]
+    write_manifest(rows, path, extra=("crop",))
+    assert read_manifest(path) == rows
+    assert path.read_text().splitlines()[0] == ",".join((*MANIFEST_COLUMNS, "crop"))
+    with pytest.raises(ValueError, match="crop"):  # unless declared, an extra column is an error
+        write_manifest(rows, tmp_path / "other.csv")
+    with pytest.raises(ValueError, match=r"lacks columns \['crop'\]"):
+        write_manifest(_rows(), tmp_path / "other.csv", extra=("crop",))
+
+
 @pytest.mark.parametrize("change, message", [({"id": "1"}, "duplicate id '1'"),
                                              ({"file": "../x.jpg"}, "'../x.jpg'"),
                                              ({"file": "/etc/x.jpg"}, "'/etc/x.jpg'"),

@@ -15,7 +15,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -70,13 +70,15 @@ def _is_inside(relative: str) -> bool:
         and not PureWindowsPath(relative).drive
 
 
-def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> None:
-    """Write rows with exactly :data:`MANIFEST_COLUMNS` as UTF-8 CSV (LF line ends), atomically."""
+def write_manifest(rows: Iterable[dict], path: str | os.PathLike, *, extra: Sequence[str] = ()) -> None:
+    """Write rows with exactly :data:`MANIFEST_COLUMNS`, then the ``extra`` columns (e.g. the photos
+    manifest's ``crop``), as UTF-8 CSV (LF line ends), atomically."""
+    columns = (*MANIFEST_COLUMNS, *extra)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n", extrasaction="raise")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="raise")
     writer.writeheader()
     for n, row in enumerate(rows):
-        missing = [c for c in MANIFEST_COLUMNS if c not in row]
+        missing = [c for c in columns if c not in row]
         if missing:
             raise ValueError(f"{path}: row {n} (id {row.get('id')!r}) lacks columns {missing}")
         writer.writerow(row)

@@ -53,10 +53,11 @@ rule acquire:
 
 
 # Exactly one model source exists per preset.
-if MODEL["kind"] == "stable_diffusion":
+if MODEL["kind"] != "gaussian_mixture":
 
     rule fetch_weights:
-        """A Hugging Face snapshot at the pinned revision, safetensors only, hashes listed."""
+        """A Hugging Face snapshot at the pinned revision, safetensors only, hashes listed. Gated repositories
+        (SD3, FLUX.1-dev) need the user's own token: `hf auth login` or HF_TOKEN (README); nothing stores it."""
         output:
             ensure(model_weights(), non_empty=True),
         params:
@@ -74,11 +75,13 @@ if MODEL["kind"] == "stable_diffusion":
 else:
 
     rule fit_model:
-        """The demo's analytic model: a patch Gaussian mixture fitted to packaged photographs."""
+        """The demo's analytic model: a patch Gaussian mixture fitted to packaged photographs, on the path
+        model.path names (its scheduler config goes into the file)."""
         output:
             f"{RESULTS}/model/gmm.npz",
         params:
             fit=MODEL.get("fit"),
+            path=mixture_path(MODEL),
             code=code("rules/scripts/fit_model.py"),
         log:
             f"logs/{config['preset']}/fit_model.log",

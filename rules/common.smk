@@ -7,7 +7,7 @@ from pathlib import Path
 # The library is installed into .venv by `make setup`; from a bare checkout use src/.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from diffinv.config import ErrorStatsJob, InvertJob, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
+from diffinv.config import ErrorStatsJob, InvertJob, mixture_path, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
 from diffinv.provenance import code_fingerprint  # noqa: E402
 from diffinv.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
 
@@ -72,7 +72,7 @@ def lpips_trunks(wildcards=None):
 
 def invert_runtime(wildcards):
     """Minutes for a shard on the configured hardware, from the run's NFE (for cluster schedulers)."""
-    per_image = nfe_estimate(RUNS[wildcards.run]) * config["resources"]["seconds_per_nfe"]
+    per_image = nfe_estimate(RUNS[wildcards.run], MODEL["kind"]) * config["resources"]["seconds_per_nfe"]
     return 10 + int(config["shard_size"] * per_image / 60) + 1
 
 
@@ -110,7 +110,8 @@ def captions_input(wildcards):
 TABLES = list(TABLE_CAPTIONS)  # table1_reconstruction ... table5_exact
 # Every demo artefact says what it is: the analytic model's numbers are not the paper's.
 TABLE_LABEL = (
-    "demo model (exact Gaussian-mixture denoiser), not the paper's numbers"
+    "demo model (exact Gaussian-mixture denoiser{}), not the paper's numbers".format(
+        ", rectified-flow path" if MODEL.get("path") == "flow" else "")
     if MODEL["kind"] == "gaussian_mixture"
     else f"{MODEL['repo_id']} ({MODEL['dtype']})"
 )

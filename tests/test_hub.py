@@ -112,3 +112,25 @@ def test_snapshot_requires_a_commit_hash(hub, tmp_path):
 def test_snapshot_refuses_patterns_matching_nothing(hub, tmp_path):
     with pytest.raises(ValueError, match="no files matched"):
         snapshot(REPO, COMMIT, tmp_path / "cache", allow_patterns=["*.onnx"], endpoint=hub.url)
+
+
+def test_a_gated_repository_says_how_to_use_your_own_token(hub, tmp_path):
+    # The Hub answers 401 with X-Error-Code: GatedRepo when the account has not accepted the licence
+    hub.add(f"/api/models/gated/model/tree/{COMMIT}", b'{"error": "gated"}', status=401,
+            headers={"X-Error-Code": "GatedRepo", "Content-Type": "application/json"})
+    with pytest.raises(PermissionError, match="gated") as info:
+        snapshot("gated/model", COMMIT, tmp_path / "cache", allow_patterns=SD_ALLOW, endpoint=hub.url)
+    assert "hf auth login" in str(info.value) and "HF_TOKEN" in str(info.value)
+    assert "https://huggingface.co/gated/model" in str(info.value)
+
+
+def test_the_users_token_is_sent_to_the_hub_and_stored_nowhere(hub, tmp_path, monkeypatch):
+    token = "hf_" + "x" * 34
+    monkeypatch.setenv("HF_TOKEN", token)
+    folder = snapshot(REPO, COMMIT, tmp_path / "cache", allow_patterns=SD_ALLOW, ignore_patterns=SD_IGNORE,
+                      endpoint=hub.url)
+    api = [r for r in hub.log if r.path.startswith("/api/") or "/resolve/" in r.path]
+    assert api and all(r.headers.get("authorization") == f"Bearer {token}" for r in api)
+    write_weights_manifest(folder, tmp_path / "manifest.json")
+    stored = [p for p in tmp_path.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert stored == []

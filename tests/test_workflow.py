@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import yaml
@@ -10,7 +11,8 @@ import yaml
 from diffinv.config import expand_runs
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
-@pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml", "quick.yaml"])
+@pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml", "demo-flow.yaml", "quick.yaml", "sdxl.yaml",
+                                    "sd3.yaml", "flux.yaml"])
 def test_lint_is_clean(preset):
     out = snakemake("--lint", "--configfile", str(ROOT / "config" / preset))
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
@@ -44,6 +46,35 @@ def test_quick_dry_run_plans_every_job(tmp_path):
     assert counts["error_stats"] == len(config["datasets"]) * 3
     for rule in ("tables", "error_figure", "qualitative_figures", "efficiency_figure", "all"):
         assert counts[rule] == 1, rule
+
+
+@pytest.mark.parametrize("preset", ["sdxl", "sd3", "flux"])
+def test_each_model_preset_plans_every_job_with_its_weights(preset, tmp_path):
+    config = load_config(f"{preset}.yaml")
+    runs, _ = expand_runs(config)
+    out = snakemake("-n", "--configfile", str(ROOT / "config" / f"{preset}.yaml"), cwd=tmp_path).stdout
+    counts = job_counts(out)
+    shards = {name: math.ceil(spec["count"] / config["shard_size"]) for name, spec in config["datasets"].items()}
+    assert counts["invert"] == len(runs) * sum(shards.values())
+    assert counts["fetch_weights"] == 1 and "fit_model" not in counts
+    repo = config["model"]["repo_id"].replace("/", "--")
+    assert f"data/weights/{repo}-{config['model']['revision']}.json" in out
+    assert f"results/{preset}/runs/coco/ife/000.csv" in out
+
+
+def test_demo_flow_dry_run_plans_every_job_in_its_own_folders(tmp_path):
+    """The rectified-flow demo: the demo's DAG, one shard per run, under results/demo-flow/."""
+    shutil.copytree(ROOT / "data" / "manifests", tmp_path / "data" / "manifests")
+    runs, _ = expand_runs(load_config("demo-flow.yaml"))
+    out = snakemake("-n", "--configfile", str(ROOT / "config" / "demo-flow.yaml"), cwd=tmp_path).stdout
+    counts = job_counts(out)
+    assert counts["invert"] == len(runs) and counts["fit_model"] == 1 and counts["error_stats"] == 3
+    for rule in ("tables", "error_figure", "qualitative_figures", "efficiency_figure", "all"):
+        assert counts[rule] == 1, rule
+    for name in ("ddim-N10", "ife-N20", "fpi-N10", "fpi-K10", "edict"):
+        assert f"results/demo-flow/runs/photos/{name}/000.csv" in out
+    assert "results/demo-flow/model/gmm.npz" in out and "tables/demo-flow/paired_psnr_vs_ife.md" in out
+    assert "results/demo/" not in out and "tables/demo/" not in out
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):

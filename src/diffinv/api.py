@@ -30,15 +30,15 @@ class InversionResult:
 
 
 def guided_eps(model: DiffusionModel, schedule: Schedule, cond: Conditioning, guidance: float) -> EpsFn:
-    """``eps(z, i)``: the model's guided noise prediction at schedule level i."""
-    return lambda z, i: model.eps(z, schedule.timesteps[i], cond, guidance)
+    """``eps(z, i)``: the model's guided noise prediction at schedule level i (its label and ``(a_i, s_i)``)."""
+    return lambda z, i: model.eps(z, schedule.timesteps[i], cond, guidance, level=(schedule.a(i), schedule.s(i)))
 
 
-def _setup(model: DiffusionModel, batch: int, cond: Conditioning | Prompt, schedule: Schedule | None,
+def _setup(model: DiffusionModel, latent: Tensor, cond: Conditioning | Prompt, schedule: Schedule | None,
            num_steps: int) -> tuple[Schedule, Conditioning]:
-    schedule = schedule or model.schedule(num_steps)
+    schedule = schedule or model.schedule(num_steps, tuple(latent.shape))
     model.check_schedule(schedule)
-    return schedule, model.as_conditioning(cond, batch)
+    return schedule, model.as_conditioning(cond, latent.shape[0])
 
 
 def invert(method: str, model: DiffusionModel, z0: Tensor, cond: Conditioning | Prompt = None, *,
@@ -51,7 +51,7 @@ def invert(method: str, model: DiffusionModel, z0: Tensor, cond: Conditioning | 
     """
     spec = get_method(method)
     params = spec.resolve(params)
-    schedule, conditioning = _setup(model, z0.shape[0], cond, schedule, num_steps)
+    schedule, conditioning = _setup(model, z0, cond, schedule, num_steps)
     steps: list[dict[str, Any]] | None = [] if trajectory else None
     start = model.nfe
     with torch.no_grad():
@@ -70,8 +70,7 @@ def reconstruct(method: str, model: DiffusionModel, result: InversionResult, con
     if method != result.method:
         raise ValueError(f"result was inverted with {result.method!r}, not {method!r}")
     spec = get_method(method)
-    batch = result.latent.shape[0]
-    schedule, conditioning = _setup(model, batch, cond, schedule or result.schedule, result.schedule.num_steps)
+    schedule, conditioning = _setup(model, result.latent, cond, schedule or result.schedule, result.schedule.num_steps)
     guidance = result.guidance if guidance is None else guidance
     with torch.no_grad():
         return spec.reconstruct(guided_eps(model, schedule, conditioning, guidance), result.state, schedule,

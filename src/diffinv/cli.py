@@ -30,8 +30,9 @@ def cache_dir() -> Path:
 
 
 def load_model(spec: str, device: str | None, dtype: str | None):
-    """``demo`` (the fitted mixture, cached), ``sd-v1-4``, a diffusers folder or a saved mixture (.npz)."""
-    from .models import SD_V1_4, GaussianMixtureDenoiser, StableDiffusionBackend
+    """``demo`` (the fitted mixture, cached), ``sd-v1-4``, a diffusers folder (SD, SDXL, SD3 or FLUX.1, told
+    apart by its model_index.json) or a saved mixture (.npz)."""
+    from .models import BACKENDS, SD_V1_4, GaussianMixtureDenoiser, StableDiffusionBackend, folder_kind
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     if spec == "sd-v1-4":
@@ -44,7 +45,7 @@ def load_model(spec: str, device: str | None, dtype: str | None):
         path.parent.mkdir(parents=True, exist_ok=True)
         fit_demo_model().save(path)
     if path.is_dir():
-        return StableDiffusionBackend.from_pretrained(path, device=device, dtype=torch_dtype)
+        return BACKENDS[folder_kind(path)].from_pretrained(path, device=device, dtype=torch_dtype)
     if path.is_file():
         return GaussianMixtureDenoiser.load(path, device=device or "cpu", dtype=torch_dtype or torch.float64)
     raise SystemExit(f"--model {spec!r}: not 'demo', 'sd-v1-4', a diffusers folder or a saved mixture file")
@@ -74,9 +75,12 @@ def cmd_invert(args: argparse.Namespace) -> int:
     run = Run(args.method, args.method, params, args.steps, args.guidance, args.guidance)
     model = load_model(args.model, args.device, args.dtype)
     multiple = model.patch_size if isinstance(model, GaussianMixtureDenoiser) and model.patch_size else 8
-    size = args.size if args.size or isinstance(model, GaussianMixtureDenoiser) else 512
+    multiple = getattr(model, "pixel_multiple", multiple)  # 16 for SD3 and FLUX.1 (VAE 8 x patch 2)
+    size = args.size if args.size or isinstance(model, GaussianMixtureDenoiser) else getattr(model, "resolution", 512)
     if size and size % multiple:
         raise SystemExit(f"--size {size} is not a multiple of {multiple}")
+    if hasattr(model, "resolution"):
+        model.resolution = size  # FLUX.1's schedule depends on the image size
     failures = 0
     print("image\tmethod\tnfe\tmse\tpsnr\tssim\tseconds\treconstruction")
     for path in args.images:
@@ -107,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--method", default="ife", choices=sorted(METHODS), help="inversion method")
     inv.add_argument("--model", default="demo",
                      help="'demo' (analytic mixture fitted to shipped photos), 'sd-v1-4' (Stable Diffusion v1.4 "
-                          "at the pinned revision; needs the weights cached or network), a diffusers folder, or "
-                          "a saved mixture .npz")
+                          "at the pinned revision; needs the weights cached or network), a diffusers folder (SD, "
+                          "SDXL, SD3 or FLUX.1, told apart by its model_index.json), or a saved mixture .npz")
     inv.add_argument("--prompt", default=None, help="caption used in both directions (default: empty prompt)")
     inv.add_argument("--steps", type=int, default=50, help="number of DDIM steps N")
     inv.add_argument("--guidance", type=float, default=1.0,
@@ -116,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                      help="method parameter, repeatable (see 'diffinv methods'), e.g. --param K=5")
     inv.add_argument("--size", type=int, default=None,
-                     help="centre-crop and resize to SIZE x SIZE (default: 512 for SD; for the mixture, crop to "
-                          "a multiple of its patch size)")
+                     help="centre-crop and resize to SIZE x SIZE (default: 512 for SD, 1024 for SDXL, SD3 and "
+                          "FLUX.1; for the mixture, crop to a multiple of its patch size)")
     inv.add_argument("--out", default=None, help="folder for reconstructions (default: next to each image)")
     inv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     inv.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32", "float64"],
-                     help="compute dtype (default: float16 on CUDA and float32 on CPU for SD; float64 for the "
-                          "mixture)")
+                     help="compute dtype (default: float16 on CUDA (bfloat16 for FLUX.1) and float32 on CPU for "
+                          "the networks; float64 for the mixture)")
     inv.add_argument("--quiet", action="store_true", help="no progress bars")
     inv.set_defaults(func=cmd_invert)
 

@@ -221,6 +221,15 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
     return {**runs, **variants}, aliases
 
 
+# Image sides a backend accepts are multiples of its VAE's factor (8) times its network's patch (SD3's
+# transformer and FLUX.1's packing: 2).
+PIXEL_MULTIPLES = {"stable_diffusion": 8, "sdxl": 8, "sd3": 16, "flux": 16}
+# Backends whose guidance scale is an input of the network (FLUX.1-dev): a guided pass is 1 NFE.
+GUIDANCE_DISTILLED = ("flux",)
+# Backends on the rectified-flow path.
+FLOW_KINDS = ("sd3", "flux")
+
+
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each shard of a ``count``-image manifest."""
     return [(k * shard_size, min(count, (k + 1) * shard_size)) for k in range(math.ceil(count / shard_size))]
@@ -244,13 +253,17 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         raise ConfigError(f"config key report.images: {report['images']} images are shown but only the first "
                           f"qualitative = {config['qualitative']} keep their reconstructions")
     model = config["model"]
-    if model["kind"] == "stable_diffusion" and model["resolution"] % 8:
-        raise ConfigError("config key model.resolution: Stable Diffusion needs a multiple of 8")
-    if model["kind"] != "stable_diffusion":
+    multiple = PIXEL_MULTIPLES.get(model["kind"])
+    if multiple and model["resolution"] % multiple:
+        raise ConfigError(f"config key model.resolution: the {model['kind']} model needs a multiple of {multiple}")
+    if model["kind"] == "gaussian_mixture":
         for key in ("latent_dtype", "channels_last", "compile"):
             if model.get(key):
                 raise ConfigError(f"config key model.{key}: a Stable Diffusion option; the {model['kind']} "
                                   "model has no network to lay out or compile, and its latents are its dtype")
+    elif model["kind"] in ("sd3", "flux") and model.get("channels_last"):
+        raise ConfigError(f"config key model.channels_last: a UNet option; the {model['kind']} model is a transformer")
+    _check_mixture_path(model)
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 
@@ -262,11 +275,41 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
     return runs, aliases
 
 
-def nfe_estimate(run: Run) -> int:
-    """Network passes per image for inversion plus reconstruction (for scheduler runtimes)."""
+def _check_mixture_path(model: dict[str, Any]) -> None:
+    flow = model.get("flow")
+    if model["kind"] != "gaussian_mixture":
+        for key in ("path", "flow"):
+            if key in model:
+                raise ConfigError(f"config key model.{key}: the analytic model's path; a {model['kind']} model's "
+                                  "path is its scheduler config's")
+    elif flow is not None and model.get("path") != "flow":
+        raise ConfigError("config key model.flow: the flow path's settings; set model.path: flow to use them")
+    elif flow and flow.get("use_dynamic_shifting") and "image_seq_len" not in flow:
+        raise ConfigError("config key model.flow.image_seq_len: use_dynamic_shifting shifts the grid for the "
+                          "image's token count, which it needs")
+    elif flow and "image_seq_len" in flow and not flow.get("use_dynamic_shifting"):
+        raise ConfigError("config key model.flow.image_seq_len: used only with use_dynamic_shifting: true")
+
+
+def mixture_path(model: dict[str, Any]) -> dict[str, Any]:
+    """Keywords of :class:`~diffinv.models.GaussianMixtureDenoiser` for ``model.path``: none on the VP path;
+    on the flow path its scheduler config (SD3's, updated with ``model.flow``) and schedule options."""
+    if model.get("path", "vp") != "flow":
+        return {}
+    from .schedule import SD3_SCHEDULER_CONFIG
+
+    flow = dict(model.get("flow") or {})
+    options = {key: flow.pop(key) for key in ("image_seq_len", "sigmas") if key in flow}
+    return {"scheduler_config": {**SD3_SCHEDULER_CONFIG, **flow}, "schedule_options": options}
+
+
+def nfe_estimate(run: Run, kind: str = "stable_diffusion") -> int:
+    """Network passes per image for inversion plus reconstruction (for scheduler runtimes) on a ``kind`` model."""
     from .schedule import Schedule
 
     method = get_method(run.method)
-    sched = Schedule.stable_diffusion(run.num_steps)
-    inversion = method.nfe(run.params, sched) * (1 if run.guidance == 1 else 2)
-    return inversion + method.reconstruct_nfe(sched) * (1 if run.reconstruction_guidance == 1 else 2)
+    # a flow grid tops out at sigma = 1, where BELM, EDICT and ERDDCI stop a level early
+    sched = Schedule.rectified_flow(run.num_steps) if kind in FLOW_KINDS else Schedule.stable_diffusion(run.num_steps)
+    passes = {w: 1 if w == 1 or kind in GUIDANCE_DISTILLED else 2 for w in (run.guidance, run.reconstruction_guidance)}
+    return method.nfe(run.params, sched) * passes[run.guidance] + method.reconstruct_nfe(sched) * passes[
+        run.reconstruction_guidance]

@@ -25,11 +25,12 @@ DEMO_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def fit_demo_model(photos: Sequence[str] = DEMO_FIT, *, size: int = 128, patch_size: int = 8, n_components: int = 16,
-                   stride: int = 4, max_patches: int = 20_000, seed: int = 0) -> GaussianMixtureDenoiser:
-    """16 full-covariance components on 8 x 8 RGB patches of the fitting photographs (design doc evidence)."""
+                   stride: int = 4, max_patches: int = 20_000, seed: int = 0, **model: Any) -> GaussianMixtureDenoiser:
+    """16 full-covariance components on 8 x 8 RGB patches of the fitting photographs (design doc evidence);
+    ``model``: keywords of the denoiser (e.g. a flow ``scheduler_config``: :func:`diffinv.config.mixture_path`)."""
     images = [load_photo(name, size).astype(np.float64) / 127.5 - 1.0 for name in photos]
     return fit_gaussian_mixture(images, patch_size=patch_size, n_components=n_components, stride=stride,
-                                max_patches=max_patches, seed=seed)
+                                max_patches=max_patches, seed=seed, **model)
 
 
 def label(method: str, params: dict[str, Any]) -> str:

@@ -46,9 +46,9 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def run_table(runs: dict[str, Run], aliases: dict[str, str]) -> pd.DataFrame:
-    """The settings of every run, with the sweep names that alias an identical run."""
-    table = [{**run.as_dict(), "alias_of": "", "nfe_per_image": nfe_estimate(run)} for run in runs.values()]
-    table += [{**runs[target].as_dict(), "run": alias, "alias_of": target, "nfe_per_image": nfe_estimate(runs[target])}
-              for alias, target in aliases.items()]
+def run_table(runs: dict[str, Run], aliases: dict[str, str], kind: str = "stable_diffusion") -> pd.DataFrame:
+    """The settings of every run, with the sweep names that alias an identical run (NFE on a ``kind`` model)."""
+    table = [{**run.as_dict(), "alias_of": "", "nfe_per_image": nfe_estimate(run, kind)} for run in runs.values()]
+    table += [{**runs[target].as_dict(), "run": alias, "alias_of": target,
+               "nfe_per_image": nfe_estimate(runs[target], kind)} for alias, target in aliases.items()]
     return pd.DataFrame(table)

@@ -57,13 +57,16 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
         from .models import GaussianMixtureDenoiser
 
         return GaussianMixtureDenoiser.load(weights, dtype=dtype)
-    from .models.stable_diffusion import StableDiffusionBackend
+    from .models import BACKENDS
 
     if str(weights).endswith(".json"):
         weights = json.loads(Path(weights).read_text())["folder"]
-    return StableDiffusionBackend.from_pretrained(
-        Path(weights), device=device, dtype=dtype, local_files_only=True, channels_last=spec.channels_last,
-        compile=spec.compile, latent_dtype=DTYPES[spec.latent_dtype] if spec.latent_dtype else None)
+    options = {"channels_last": spec.channels_last} if spec.kind in ("stable_diffusion", "sdxl") else {}
+    if spec.kind in ("sdxl", "sd3", "flux"):
+        options["resolution"] = spec.resolution  # the size a resolution-dependent schedule is built for
+    return BACKENDS[spec.kind].from_pretrained(
+        Path(weights), device=device, dtype=dtype, local_files_only=True, compile=spec.compile,
+        latent_dtype=DTYPES[spec.latent_dtype] if spec.latent_dtype else None, **options)
 
 
 def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sha256: str = "") -> dict[str, str]:

@@ -5,6 +5,12 @@ residual ``tol`` (Anderson acceleration, started at the method's ``z_i``). The e
 ``estimate - z_i*``, where ``estimate`` is the latent the method's last network call was made at
 (``zhat_i`` for IFE, ``z_{i-1}`` for DDIM). Per image and step we report its sample mean and variance
 over the latent's elements, and the same for ``e_i - e_{i-1}`` where the method keeps an error (IFE).
+
+At a level with ``a_i = 0`` (``sigma = 1``, the top of a rectified flow's grid) ``F_i`` is the identity
+(``eps_i(z) = z`` there), so every point would count as its fixed point. The step is solved in the
+fixed point's data form instead, ``z = (s_i / s_{i-1}) z_{i-1} + kappa_i x_i(z)`` with the model's data
+prediction ``x_i(z)``: the same condition (reconstruction maps ``z`` back to ``z_{i-1}``), and at
+``a_i > 0`` the same fixed points as ``F_i``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .algebra import transfer
+from .algebra import fixed_point_coefficients, predict_data, transfer
 from .api import InversionResult, guided_eps
 from .models.base import Conditioning, DiffusionModel, Prompt
 from .solvers import anderson
@@ -40,8 +46,12 @@ def fixed_point_errors(model: DiffusionModel, result: InversionResult, cond: Con
     rows: list[dict[str, Any]] = []
     for step in result.trajectory:
         i, z_prev = step["i"], step["z_prev"]
-        solve = anderson(lambda u: transfer(sched, i - 1, i, z_prev, eps(u, i)), step["z"],
-                         iterations=max_iter, window=window, tol=tol)
+        if sched.a(i) == 0:
+            ratio, kappa = fixed_point_coefficients(sched, i)
+            step_map = lambda u: ratio * z_prev + kappa * predict_data(sched, i, u, eps(u, i))  # noqa: E731
+        else:
+            step_map = lambda u: transfer(sched, i - 1, i, z_prev, eps(u, i))  # noqa: E731
+        solve = anderson(step_map, step["z"], iterations=max_iter, window=window, tol=tol)
         err_mean, err_var = _mean_var(step["estimate"] - solve.solution)
         if "error" in step:
             de_mean, de_var = _mean_var(step["error"] - step["error_prev"])

@@ -1,4 +1,5 @@
-"""Stable Diffusion weights from the Hugging Face Hub at a pinned commit, and their verification.
+"""Model weights (Stable Diffusion, SDXL, SD3, FLUX.1) from the Hugging Face Hub at a pinned commit, and
+their verification.
 
 Cache layout (https://huggingface.co/docs/huggingface_hub/guides/manage-cache):
 ``models--<org>--<name>/{blobs,refs,snapshots}``; ``snapshots/<commit>/<path>`` are symlinks to
@@ -18,12 +19,17 @@ from pathlib import Path
 
 from ..download import CHUNK, ChecksumError, atomic_write_text
 
-# What diffinv loads: configs, tokenizer vocab/merges and fp32 safetensors of UNet, VAE and text
-# encoder. fp16 variants, pickled (.bin/.ckpt), Flax and ONNX weights are skipped, and so is the
-# safety checker: StableDiffusionBackend loads the components one by one and never builds it (a
-# diffusers StableDiffusionPipeline would need `safety_checker=None` passed explicitly).
-SD_ALLOW = ["*.json", "*.txt", "*.safetensors"]
-SD_IGNORE = ["*.fp16.*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*", "safety_checker/*"]
+# What diffinv loads: configs, tokenizer files (CLIP's vocab/merges, T5's tokenizer.json and
+# spiece.model) and the full-precision safetensors of each component folder (unet or transformer, vae,
+# text encoders; sharded ones with their index). fp16 variants, pickled (.bin/.ckpt), Flax and ONNX
+# weights are skipped, and so is the safety checker: the backends load the components one by one and
+# never build it (a diffusers StableDiffusionPipeline would need `safety_checker=None` passed
+# explicitly). Single-file checkpoints at a repository's top level (SDXL's sd_xl_base_1.0.safetensors,
+# FLUX.1-dev's flux1-dev.safetensors and ae.safetensors) and the copies for other tools (SDXL's
+# vae_1_0/, SD3.5's text_encoders/) duplicate the component folders and are skipped.
+SD_ALLOW = ["*.json", "*.txt", "*/*.safetensors", "*/spiece.model"]
+SD_IGNORE = ["*.fp16.*", "*.fp16-*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*", "safety_checker/*", "vae_1_0/*",
+             "text_encoders/*"]
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")  # commit hashes and git blob SHA-1s
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -40,9 +46,17 @@ def snapshot(repo_id: str, revision: str, cache_dir: str | os.PathLike, *, allow
     if not _HEX40.fullmatch(revision):
         raise ValueError(f"{repo_id}: revision must be a full 40-hex commit hash, got {revision!r}")
     from huggingface_hub import snapshot_download  # heavy import, only when downloading
+    from huggingface_hub.errors import GatedRepoError
 
-    folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
-                                    ignore_patterns=ignore_patterns, endpoint=endpoint))
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                        allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+                                        endpoint=endpoint))
+    except GatedRepoError as exc:
+        raise PermissionError(
+            f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} with your own account, "
+            "then log in on this machine (`hf auth login`) or export HF_TOKEN for this shell; huggingface_hub "
+            f"reads the token, diffinv never stores it ({exc.__class__.__name__}: {exc})") from exc
     # snapshot_download only logs a warning when the patterns match nothing.
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
         raise ValueError(f"{repo_id}@{revision}: no files matched allow={allow_patterns} ignore={ignore_patterns}")

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..schedule import Schedule
 from .aidi_a import aidi_a
 from .aidi_e import aidi_e
-from .base import Callback, EpsFn, ddim_reconstruct, levels
+from .base import Callback, EpsFn, ddim_reconstruct, exact_top, levels
 from .bdia import bdia, bdia_reconstruct
 from .belm import belm, belm_reconstruct
 from .ddim import ddim
@@ -82,9 +82,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("renoise", renoise, ddim_reconstruct, _renoise_nfe),
     Method("easyinv", easyinv, ddim_reconstruct, lambda p, s: s.num_steps),
     Method("bdia", bdia, bdia_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
-    Method("belm", belm, belm_reconstruct, lambda p, s: s.num_steps, "pair", lambda s: s.num_steps - 1),
-    Method("edict", edict, edict_reconstruct, lambda p, s: 2 * s.num_steps, "pair", lambda s: 2 * s.num_steps),
-    Method("erddci", erddci, erddci_reconstruct, lambda p, s: 2 * s.num_steps, "latent + main trajectory"),
+    # below: on a grid topped by sigma = 1 the exact chain stops at N - 1 (methods.base.exact_top)
+    Method("belm", belm, belm_reconstruct, lambda p, s: exact_top(s, "belm"), "pair",
+           lambda s: exact_top(s, "belm") - 1),
+    Method("edict", edict, edict_reconstruct, lambda p, s: 2 * exact_top(s, "edict"), "pair",
+           lambda s: 2 * exact_top(s, "edict")),
+    Method("erddci", erddci, erddci_reconstruct, lambda p, s: 2 * exact_top(s, "erddci"), "latent + main trajectory",
+           lambda s: exact_top(s, "erddci")),
 ]}
 
 

@@ -28,6 +28,21 @@ def levels(sched: Schedule, *, reverse: bool = False, top: int | None = None, di
     return tqdm(order, desc=desc, disable=disable, leave=False)
 
 
+def exact_top(sched: Schedule, method: str) -> int:
+    """The top level an exact method's chain reaches: N, or N - 1 when level N has ``a = 0`` (``sigma = 1``,
+    the top of a rectified-flow pipeline's grid).
+
+    There ``z_N = Phi(N-1 -> N; z, eps) = eps`` for every ``z``: a step into ``sigma = 1`` with a noise
+    estimate held fixed keeps nothing of the chain it moves, so no coupled or auxiliary chain (EDICT,
+    ERDDCI) can be undone from there, and BELM's step sizes ``s / a`` are infinite. Such a method inverts
+    to level N - 1 instead (its state is that level's; NFE counts N - 1 steps) and reconstructs from it.
+    """
+    top = sched.num_steps - (sched.a(sched.num_steps) == 0)
+    if top < 1:
+        raise ValueError(f"{method} needs a level between 0 and sigma = 1; this grid has only those two")
+    return top
+
+
 def ddim_reconstruct(eps: EpsFn, zN: Tensor, sched: Schedule, *, callback: Callback = None,
                      disable: bool = True) -> Tensor:
     """DDIM sampling from level N to 0: ``z_{i-1} = Phi(i -> i-1; z_i, eps_i(z_i))`` (Song et al., 2021)."""

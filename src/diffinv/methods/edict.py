@@ -9,7 +9,9 @@ timestep. With ``leapfrog`` (the official code's alternation, which the paper's 
 not reproduce) the chain updated first swaps on odd levels; the mixing is always x then y. We key
 the parity on the level i; the official loop parity may differ by one, which does not affect
 exactness. 2 NFE per step in both directions. Default p = 0.93 (official). Inversion divides by p
-twice per step, so round-off grows as p falls; the official code runs in float64.
+twice per step, so round-off grows as p falls; the official code runs in float64. On a grid whose top
+level is ``sigma = 1`` (rectified flows) the chains stop one level below it (``exact_top``): a step into
+``sigma = 1`` with the other chain's noise would leave only that noise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from ..algebra import transfer
 from ..schedule import Schedule
-from .base import Callback, EpsFn, levels
+from .base import Callback, EpsFn, exact_top, levels
 
 
 def _check(p: float) -> None:
@@ -30,7 +32,7 @@ def edict(eps: EpsFn, z0: Tensor, sched: Schedule, *, p: float = 0.93, leapfrog:
           callback: Callback = None, disable: bool = True) -> tuple[Tensor, Tensor]:
     _check(p)
     x, y = z0, z0
-    for i in levels(sched, disable=disable, desc="edict"):
+    for i in levels(sched, top=exact_top(sched, "edict"), disable=disable, desc="edict"):
         y_int = (y - (1 - p) * x) / p
         x_int = (x - (1 - p) * y_int) / p
         first, second = (y_int, x_int) if leapfrog and i % 2 else (x_int, y_int)
@@ -47,7 +49,7 @@ def edict_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule,
                       leapfrog: bool = True, callback: Callback = None, disable: bool = True) -> Tensor:
     _check(p)
     x, y = state
-    for i in levels(sched, reverse=True, disable=disable, desc="edict"):
+    for i in levels(sched, reverse=True, top=exact_top(sched, "edict"), disable=disable, desc="edict"):
         first, second = (y, x) if leapfrog and i % 2 else (x, y)
         first = transfer(sched, i, i - 1, first, eps(second, i))
         second = transfer(sched, i, i - 1, second, eps(first, i))

@@ -12,6 +12,11 @@ unknown data-prediction error ``e_i = x* - z0``. IFE replaces ``e_i`` by the pre
 ``e_0 = 0`` (N NFE in all) unless ``compute_e0`` spends one more call on ``x(0; z0, eps_0(z0)) - z0``.
 With ``s_0 == 0`` the first step is a DDIM step (its error is then 0). ``error_approximation=False``
 (the ``ife_noerr`` ablation) keeps ``e = 0`` throughout.
+
+On a rectified flow nothing changes: level 0 is ``sigma = 0`` (so the first step is the DDIM step), the
+coefficients hold without ``a^2 + s^2 = 1``, and at a top level with ``sigma = 1`` the estimate is
+``zhat_N = (z_{N-1} - a_{N-1} (z0 + e_{N-1})) / s_{N-1}``, ``z_N = eps_N(zhat_N) = zhat_N``, and ``e_N`` is
+the model's own data prediction there (:mod:`diffinv.algebra`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def ife(eps: EpsFn, z0: Tensor, sched: Schedule, *, error_approximation: bool = 
             estimate = z
             noise = eps(estimate, i)
             z_new = transfer(sched, i - 1, i, z, noise)
-            new_error = predict_data(sched, i, z_new, noise) - z0
+            new_error = predict_data(sched, i - 1, z, noise) - z0   # = x(i; z_new, noise): Phi keeps it
         else:
             ratio, kappa = fixed_point_coefficients(sched, i)
             estimate = ratio * z + kappa * (z0 + error)

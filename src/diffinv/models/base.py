@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -20,20 +20,47 @@ from ..schedule import Schedule
 Prompt = str | Sequence[str] | None
 
 
+# One embedding per image: a tensor, or for models with several text inputs a dict of tensors with the
+# batch first (SDXL, SD3, FLUX: {"prompt_embeds", "pooled"}).
+Embedding = Tensor | Mapping[str, Tensor] | None
+
+
+def cat_embeddings(first: Embedding, second: Embedding) -> Embedding:
+    """Two embeddings one after the other along the batch (per key for dicts)."""
+    if first is None or isinstance(first, Tensor):
+        return None if first is None else torch.cat([first, second])
+    return {key: torch.cat([first[key], second[key]]) for key in first}
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """Per-image embeddings of the prompt and of the empty prompt (``None`` for unconditional models)."""
 
-    cond: Tensor | None
-    uncond: Tensor | None
+    cond: Embedding
+    uncond: Embedding
 
     def __len__(self) -> int:
-        return 0 if self.cond is None else self.cond.shape[0]
+        if self.cond is None:
+            return 0
+        first = self.cond if isinstance(self.cond, Tensor) else next(iter(self.cond.values()))
+        return first.shape[0]
+
+    def batched(self) -> Embedding:
+        """uncond then cond, for one guided pass over ``cat([z, z])``."""
+        return cat_embeddings(self.uncond, self.cond)
 
 
 class DiffusionModel(abc.ABC):
-    """Base of every backend: CFG and NFE counting live here, the network in :meth:`forward`."""
+    """Base of every backend: CFG, NFE counting and the noise prediction live here, the network in
+    :meth:`forward`.
 
+    ``prediction_type`` says what :meth:`forward` returns: ``"epsilon"`` the noise (a VP schedule from a
+    DDIM-style scheduler config), ``"flow"`` a rectified flow's velocity ``v = eps - x`` (a flow schedule
+    from a ``FlowMatchEulerDiscreteScheduler`` config). :meth:`eps` turns either into the noise
+    prediction every method consumes.
+    """
+
+    prediction_type: ClassVar[str] = "epsilon"
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype  # the network's
@@ -49,8 +76,10 @@ class DiffusionModel(abc.ABC):
 
     # -- the network ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def forward(self, z: Tensor, timestep: int, embedding: Tensor | None) -> Tensor:
-        """One network pass on a batch: the noise prediction at ``timestep``."""
+    def forward(self, z: Tensor, timestep: float, embedding: Embedding) -> Tensor:
+        """One network pass on a batch: its raw output at ``timestep`` (the schedule's label: an integer
+        timestep, or ``sigma * num_train_timesteps`` for a flow), the noise or the velocity by
+        :attr:`prediction_type`."""
 
     @abc.abstractmethod
     def encode(self, images: Tensor) -> Tensor:
@@ -65,8 +94,14 @@ class DiffusionModel(abc.ABC):
         """Embeddings for ``prompt`` (one string for all, or one per image; None = empty prompt)."""
 
     # -- shared machinery ----------------------------------------------------------------------
-    def schedule(self, num_steps: int) -> Schedule:
-        return Schedule.from_scheduler_config(self.scheduler_config, num_steps)
+    def schedule(self, num_steps: int, latent_shape: tuple[int, ...] | None = None) -> Schedule:
+        """The grid of this model's scheduler config for latents of ``latent_shape``."""
+        return Schedule.from_scheduler_config(self.scheduler_config, num_steps, **self.schedule_options(latent_shape))
+
+    def schedule_options(self, latent_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+        """Keywords of :meth:`Schedule.from_scheduler_config` beyond the config: a flow backend's
+        ``image_seq_len`` (for a dynamically shifted config) and ``sigmas`` (its pipeline's grid)."""
+        return {}
 
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -79,7 +114,20 @@ class DiffusionModel(abc.ABC):
         return self._alphas_cumprod
 
     def check_schedule(self, schedule: Schedule) -> None:
-        """Refuse a schedule whose alpha-bar does not match this model's timesteps."""
+        """Refuse a schedule of the other family, or whose alpha-bar (sigma) does not match its timesteps."""
+        if self.prediction_type not in ("epsilon", "flow"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'flow', got {self.prediction_type!r}")
+        wanted = "flow" if self.prediction_type == "flow" else "vp"
+        if schedule.path != wanted:
+            raise ValueError(f"a {schedule.path} schedule for a model predicting {self.prediction_type}; "
+                             f"it needs a {wanted} schedule (model.schedule(num_steps))")
+        if schedule.path == "flow":
+            train = self.scheduler_config.get("num_train_timesteps", 1000)
+            for t, sigma in zip(schedule.timesteps[1:], schedule.sigmas[1:]):
+                if abs(t - sigma * train) > 1e-6 * train:  # diffusers multiplies in float32
+                    raise ValueError(f"flow schedule level with timestep {t} has sigma {sigma}; the model's "
+                                     f"timestep for it is {sigma * train}")
+            return
         acp = self.alphas_cumprod
         for t, ab in zip(schedule.timesteps[1:], schedule.alpha_bar[1:]):
             if not 0 <= t < len(acp) or abs(float(acp[t]) - ab) > 1e-9:
@@ -94,12 +142,37 @@ class DiffusionModel(abc.ABC):
         return self.condition(cond, batch_size)
 
     @torch.no_grad()
-    def eps(self, z: Tensor, timestep: int, cond: Conditioning, guidance: float = 1.0) -> Tensor:
-        """Guided noise prediction ``uncond + w * (cond - uncond)``; ``w == 1`` is one conditional pass."""
+    def guided(self, z: Tensor, timestep: int, cond: Conditioning, guidance: float = 1.0) -> Tensor:
+        """The network's raw output guided as ``uncond + w * (cond - uncond)``, counting NFE; ``w == 1`` is
+        one conditional pass. A guidance-distilled model (FLUX.1-dev) overrides this with one pass."""
         if guidance == 1.0:
             self.nfe += 1
             return self.forward(z, timestep, cond.cond)
         self.nfe += 2
-        embedding = None if cond.cond is None else torch.cat([cond.uncond, cond.cond])
-        uncond, conditional = self.forward(torch.cat([z, z]), timestep, embedding).chunk(2)
+        uncond, conditional = self.forward(torch.cat([z, z]), timestep, cond.batched()).chunk(2)
         return uncond + guidance * (conditional - uncond)
+
+    @torch.no_grad()
+    def eps(self, z: Tensor, timestep: float, cond: Conditioning, guidance: float = 1.0, *,
+            level: tuple[float, float] | None = None) -> Tensor:
+        """The guided noise prediction at ``timestep``, from :meth:`guided`'s raw output.
+
+        ``level`` is ``(a, s)`` of the schedule level the call is made for (a flow model's default: ``sigma =
+        timestep / num_train_timesteps``). A velocity ``v`` gives ``eps = z + a v``; at a level with ``a = 0``
+        (``sigma = 1``, where ``eps = z``) the returned tensor also carries the data prediction
+        ``data_prediction = z - s v`` and ``evaluated_at = z``, which :mod:`diffinv.algebra` needs there.
+        """
+        out = self.guided(z, timestep, cond, guidance)
+        if self.prediction_type == "epsilon":
+            return out
+        if self.prediction_type != "flow":
+            raise ValueError(f"prediction_type must be 'epsilon' or 'flow', got {self.prediction_type!r}")
+        if level is None:
+            sigma = float(timestep) / self.scheduler_config.get("num_train_timesteps", 1000)
+            level = (1.0 - sigma, sigma)
+        a, s = level
+        eps = z + a * out
+        if a == 0:
+            eps.data_prediction = z - s * out
+            eps.evaluated_at = z
+        return eps

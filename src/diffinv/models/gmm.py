@@ -9,6 +9,13 @@ with ``r_k`` the responsibilities under ``N(a mu_k, C_k)``. Each ``Sigma_k = U_k
 diagonalised once, so ``C_k`` is diagonal in the same basis at every noise level. With a patch size
 p the prior applies independently to non-overlapping p x p patches, so one mixture serves images of
 any size divisible by p; the latent is the image itself in [-1, 1].
+
+Nothing above needs ``a^2 + s^2 = 1``, so the same fitted mixture runs on either path, chosen by its
+scheduler config: a DDIM-style config (default: Stable Diffusion's) makes it an epsilon model on the VP
+path, a ``FlowMatchEulerDiscreteScheduler`` config (e.g. SD3's) a rectified-flow model that returns, as
+SD3 and FLUX.1 do, the velocity ``v = E[n - x | z]`` at ``sigma = timestep / num_train_timesteps``
+(``a = 1 - sigma``, ``s = sigma``), with ``E[x | z] = (z - s E[n | z]) / a`` and, at ``sigma = 1``
+where z says nothing about x, the prior mean.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..schedule import STABLE_DIFFUSION_SCHEDULER_CONFIG
+from ..schedule import STABLE_DIFFUSION_SCHEDULER_CONFIG, is_flow_config
 from .base import Conditioning, DiffusionModel, Prompt
 
 COVARIANCE_TYPES = ("spherical", "diag", "full")
@@ -32,15 +39,22 @@ class GaussianMixtureDenoiser(DiffusionModel):
     """Exact noise prediction for a Gaussian mixture (weights (K,), means (K, D), covariances).
 
     ``covariances`` has shape (K,) for isotropic, (K, D) for diagonal and (K, D, D) for full
-    components. ``patch_size=None`` treats each sample (any shape) as one D-vector.
+    components. ``patch_size=None`` treats each sample (any shape) as one D-vector. A flow
+    ``scheduler_config`` puts it on the rectified-flow path; ``schedule_options`` are then the keywords
+    its schedule is built with (``image_seq_len``, ``sigmas``: see ``Schedule.from_scheduler_config``).
     """
 
     def __init__(self, weights: Any, means: Any, covariances: Any, *, patch_size: int | None = None,
-                 scheduler_config: dict[str, Any] | None = None, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "cpu", chunk_rows: int = 4096) -> None:
+                 scheduler_config: dict[str, Any] | None = None, schedule_options: dict[str, Any] | None = None,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                 chunk_rows: int = 4096) -> None:
         super().__init__()
         self.device, self.dtype = torch.device(device), dtype
         self.scheduler_config = dict(scheduler_config or STABLE_DIFFUSION_SCHEDULER_CONFIG)
+        self.prediction_type = "flow" if is_flow_config(self.scheduler_config) else "epsilon"
+        self.flow_options = dict(schedule_options or {})
+        if self.flow_options and self.prediction_type != "flow":
+            raise ValueError(f"schedule_options {sorted(self.flow_options)} apply to a flow scheduler config only")
         self.patch_size = patch_size
         self.chunk_rows = chunk_rows
         as64 = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64)  # noqa: E731
@@ -66,22 +80,38 @@ class GaussianMixtureDenoiser(DiffusionModel):
         put = lambda t: None if t is None else t.to(self.device, self.dtype)  # noqa: E731
         self._log_weights = put(torch.log(weights / weights.sum()))
         self._means, self._eigvals, self._basis = put(means), put(lam), put(basis)
+        self._prior_mean = put((weights / weights.sum()) @ means)
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
 
     # -- the network ---------------------------------------------------------------------------
-    def forward(self, z: Tensor, timestep: int, embedding: Tensor | None) -> Tensor:
-        alpha_bar = float(self.alphas_cumprod[timestep])
+    def forward(self, z: Tensor, timestep: float, embedding: Tensor | None) -> Tensor:
         rows = self._to_rows(z.to(self.device, self.dtype))
-        eps = torch.cat([self.noise_posterior_mean(chunk, alpha_bar)
-                         for chunk in rows.split(self.chunk_rows)])
-        return self._from_rows(eps, z.shape).to(z.dtype)
+        if self.prediction_type == "flow":
+            sigma = float(timestep) / self.scheduler_config.get("num_train_timesteps", 1000)
+            out = [self.velocity(chunk, 1.0 - sigma, sigma) for chunk in rows.split(self.chunk_rows)]
+        else:
+            alpha_bar = float(self.alphas_cumprod[timestep])
+            out = [self.noise_posterior_mean(chunk, alpha_bar) for chunk in rows.split(self.chunk_rows)]
+        return self._from_rows(torch.cat(out), z.shape).to(z.dtype)
+
+    def schedule_options(self, latent_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+        return dict(self.flow_options)
 
     def noise_posterior_mean(self, rows: Tensor, alpha_bar: float) -> Tensor:
-        """``E[n | z]`` for rows of shape (M, D) at noise level ``alpha_bar``."""
-        a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+        """``E[n | z]`` for rows of shape (M, D) at the VP noise level ``alpha_bar``."""
+        return self.posterior_noise(rows, math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar))
+
+    def velocity(self, rows: Tensor, a: float, s: float) -> Tensor:
+        """``E[n - x | z]`` for rows of shape (M, D) of ``z = a x + s n`` (``a + s = 1``: a rectified flow)."""
+        noise = self.posterior_noise(rows, a, s)
+        data = (rows - s * noise) / a if a > 0 else self._prior_mean.expand_as(rows)
+        return noise - data
+
+    def posterior_noise(self, rows: Tensor, a: float, s: float) -> Tensor:
+        """``E[n | z]`` for rows of shape (M, D) of ``z = a x + s n``."""
         variances = a * a * self._eigvals + s * s                          # (K, D)
         if self._basis is None:
             centred = rows[:, None, :] - a * self._means                  # (M, K, D)
@@ -134,17 +164,21 @@ class GaussianMixtureDenoiser(DiffusionModel):
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         meta = {"patch_size": self.patch_size, "scheduler_config": self.scheduler_config}
+        if self.flow_options:
+            meta["schedule_options"] = self.flow_options
         with open(path, "wb") as f:
             np.savez(f, weights=self.weights.numpy(), means=self.means.numpy(),
                      covariances=self.covariances.numpy(), meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "GaussianMixtureDenoiser":
+        """A saved mixture; keywords override the saved ones (``scheduler_config`` moves it to another path)."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
-                return cls(f["weights"], f["means"], f["covariances"], patch_size=meta["patch_size"],
-                           scheduler_config=meta["scheduler_config"], **kwargs)
+                saved = {"patch_size": meta["patch_size"], "scheduler_config": meta["scheduler_config"],
+                         "schedule_options": meta.get("schedule_options")}
+                return cls(f["weights"], f["means"], f["covariances"], **{**saved, **kwargs})
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a saved GaussianMixtureDenoiser ({exc})") from exc
 

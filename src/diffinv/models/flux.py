@@ -76,11 +76,8 @@ class FluxBackend(LatentDiffusionBackend):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        if revision is None and str(source) == FLUX_DEV:
-            revision = FLUX_DEV_REVISION
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        parts = Components(source, revision, dtype, local_files_only)
+        parts, device, dtype = Components.open(source, revision, (FLUX_DEV, FLUX_DEV_REVISION), device, dtype, torch.bfloat16,
+                                               local_files_only)
         return cls(parts.network(FluxTransformer2DModel, "transformer"), parts.network(AutoencoderKL, "vae"),
                    parts.text_encoder(CLIPTextModel, "text_encoder"),
                    parts.text_encoder(T5EncoderModel, "text_encoder_2"),

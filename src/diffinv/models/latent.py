@@ -33,6 +33,18 @@ class Components:
         self.common = {"revision": self.revision, "local_files_only": local_files_only or local}
         self.dtype = dtype
 
+    @classmethod
+    def open(cls, source: str | os.PathLike, revision: str | None, pinned: tuple[str, str],
+             device: str | torch.device | None, dtype: torch.dtype | None, cuda_dtype: torch.dtype,
+             local_files_only: bool) -> tuple["Components", torch.device, torch.dtype]:
+        """The parts of ``source`` at ``revision`` (``pinned`` = (repo id, its pinned revision) when None),
+        with the device (CUDA when present) and network dtype (``cuda_dtype`` there, float32 on a CPU)."""
+        if revision is None and str(source) == pinned[0]:
+            revision = pinned[1]
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (cuda_dtype if device.type == "cuda" else torch.float32)
+        return cls(source, revision, dtype, local_files_only), device, dtype
+
     def _fail(self, exc: Exception) -> OSError:
         return OSError(f"cannot load {self.source!s} (revision {self.revision}): {exc}")
 

@@ -60,11 +60,8 @@ class StableDiffusion3Backend(LatentDiffusionBackend):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        if revision is None and str(source) == SD3_MEDIUM:
-            revision = SD3_MEDIUM_REVISION
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        parts = Components(source, revision, dtype, local_files_only)
+        parts, device, dtype = Components.open(source, revision, (SD3_MEDIUM, SD3_MEDIUM_REVISION), device, dtype, torch.float16,
+                                               local_files_only)
         return cls(parts.network(SD3Transformer2DModel, "transformer"), parts.network(AutoencoderKL, "vae"),
                    parts.text_encoder(CLIPTextModelWithProjection, "text_encoder"),
                    parts.text_encoder(CLIPTextModelWithProjection, "text_encoder_2"),

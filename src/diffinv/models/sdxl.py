@@ -59,11 +59,8 @@ class StableDiffusionXLBackend(LatentDiffusionBackend):
         from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        if revision is None and str(source) == SDXL_BASE:
-            revision = SDXL_BASE_REVISION
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        parts = Components(source, revision, dtype, local_files_only)
+        parts, device, dtype = Components.open(source, revision, (SDXL_BASE, SDXL_BASE_REVISION), device, dtype, torch.float16,
+                                               local_files_only)
         if vae is None:
             vae_model = parts.network(AutoencoderKL, "vae")
         else:

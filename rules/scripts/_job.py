@@ -14,10 +14,15 @@ def start(snakemake, offline: bool = False, uses_torch: bool = True) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))  # for kernels
     logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         force=True)
-    if uses_torch and snakemake.threads:
-        import torch
+    if uses_torch:
+        from diffinv.allocator import keep_freed_memory
 
-        torch.set_num_threads(snakemake.threads)
+        if not keep_freed_memory():
+            logging.info("malloc is not glibc's: freed memory goes back to the system (slower large tensors)")
+        if snakemake.threads:
+            import torch
+
+            torch.set_num_threads(snakemake.threads)
 
 
 def check_signature(job, snakemake) -> None:

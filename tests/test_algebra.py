@@ -3,7 +3,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from diffinv.algebra import fixed_point_coefficients, predict_data, transfer
-from diffinv.schedule import STABLE_DIFFUSION_SCHEDULER_CONFIG, Schedule
+from diffinv.schedule import STABLE_DIFFUSION_SCHEDULER_CONFIG, Schedule, ddim_scheduler
 
 
 def test_stable_diffusion_grid_matches_the_design_doc():
@@ -13,6 +13,25 @@ def test_stable_diffusion_grid_matches_the_design_doc():
     assert s.alpha_bar[0] == acp[0].item() < 1  # set_alpha_to_one=False: level 0 is alphas_cumprod[0]
     assert s.alpha_bar[50] == acp[981].item()
     assert s.alpha_bar[1] < s.alpha_bar[0] and all(a > b for a, b in zip(s.alpha_bar[1:], s.alpha_bar[2:]))
+
+
+@pytest.mark.parametrize("config", [STABLE_DIFFUSION_SCHEDULER_CONFIG,
+                                    {**STABLE_DIFFUSION_SCHEDULER_CONFIG, "timestep_spacing": "trailing",
+                                     "set_alpha_to_one": True, "beta_schedule": "linear"}])
+def test_direct_ddim_scheduler_equals_from_config(config):
+    built, reference = ddim_scheduler(config), DDIMScheduler.from_config(config)
+    extra = set(reference.config) - set(built.config)   # from_config records what it ignored, too
+    assert extra <= {"_class_name", "skip_prk_steps"}
+    assert dict(built.config) == {k: v for k, v in reference.config.items() if k not in extra}
+    assert torch.equal(built.alphas_cumprod, reference.alphas_cumprod)
+    for n in (1, 7, 50, 999):
+        built.set_timesteps(n), reference.set_timesteps(n)
+        assert torch.equal(built.timesteps, reference.timesteps)
+
+
+def test_ddim_scheduler_leaves_unknown_keys_to_from_config(caplog):
+    scheduler = ddim_scheduler({**STABLE_DIFFUSION_SCHEDULER_CONFIG, "clip_sampel": True})   # a typo
+    assert "clip_sampel" in caplog.text and scheduler.config.clip_sample is False
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])

@@ -61,6 +61,9 @@ class DiffusionModel(abc.ABC):
     """
 
     prediction_type: ClassVar[str] = "epsilon"
+    # True when the latent is the image itself (decode(encode(x)) is x): metrics against the model's own
+    # round trip are then those against the input, and are not scored twice
+    latent_is_image: ClassVar[bool] = False
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype  # the network's
@@ -107,10 +110,9 @@ class DiffusionModel(abc.ABC):
     def alphas_cumprod(self) -> Tensor:
         """The training schedule's alpha-bar per timestep (float64), for checks and analytic models."""
         if self._alphas_cumprod is None:
-            from diffusers import DDIMScheduler
+            from ..schedule import ddim_scheduler
 
-            config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-            self._alphas_cumprod = DDIMScheduler.from_config(config).alphas_cumprod.double()
+            self._alphas_cumprod = ddim_scheduler(self.scheduler_config).alphas_cumprod.double()
         return self._alphas_cumprod
 
     def check_schedule(self, schedule: Schedule) -> None:

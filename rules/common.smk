@@ -114,7 +114,7 @@ TABLE_LABEL = (
         ", rectified-flow path" if MODEL.get("path") == "flow" else "")
     if MODEL["kind"] == "gaussian_mixture"
     else f"{MODEL['repo_id']} ({MODEL['dtype']})"
-)
+) + ("" if config["metrics"]["quantize"] else "; metrics of the float reconstruction, not rounded to 8 bits")
 
 
 # Report (rules/report.smk): notebooks and what each one writes.

@@ -1,6 +1,7 @@
-"""Our PSNR is scikit-image's, bit for bit; identical images give infinity."""
+"""Our PSNR is scikit-image's, bit for bit; identical images give infinity; float images score below 8 bits."""
 
 import numpy as np
+import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 from diffinv.metrics import image_metrics, psnr
@@ -13,3 +14,24 @@ def test_psnr_equals_scikit_image():
         b = np.clip(a.astype(int) + rng.integers(-20, 20, shape), 0, 255).astype(np.uint8)
         assert psnr(a, b) == peak_signal_noise_ratio(a / 255.0, b / 255.0, data_range=1.0)
     assert psnr(a, a) == float("inf") and image_metrics(a, a)["ssim"] == 1.0
+
+
+def test_float_images_score_below_one_grey_level_where_8_bit_ones_tie():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    unit = a / 255.0
+    near = np.clip(unit + rng.uniform(-0.4, 0.4, unit.shape) / 255, 0, 1)   # rounds back to a
+    assert np.array_equal((near * 255).round().astype(np.uint8), a) and psnr(a, a) == float("inf")
+    expected = 10 * np.log10(1 / np.mean((unit - near) ** 2))
+    assert psnr(a, near) == pytest.approx(expected, rel=1e-12) and 55 < psnr(a, near) < 100
+    assert image_metrics(a, unit) == image_metrics(a, a)   # uint8 is its float twin divided by 255
+
+
+def test_metrics_refuse_floats_outside_the_unit_range_or_of_another_dtype():
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        psnr(a, np.full((8, 8, 3), 1.5))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        psnr(a, np.full((8, 8, 3), np.nan))
+    with pytest.raises(TypeError, match="float32"):
+        psnr(a, a.astype(np.float32))

@@ -197,9 +197,14 @@ def test_a_random_trunk_gives_clearly_different_distances(metric, photo, net):
     assert loaded > 3 * distance(untrained, photo, blurred)
 
 
-def test_metric_takes_uint8_images_of_equal_shape(metric, photo):
+def test_metric_takes_uint8_or_unit_float64_images_of_equal_shape(metric, photo, blurred):
+    as_float = metric(photo / 255.0, blurred[2] / 255.0)
+    as_uint8 = metric(photo, blurred[2])
+    assert as_float == pytest.approx(as_uint8, rel=1e-5) and as_float["lpips_alex"] > 0
     with pytest.raises(TypeError):
         metric(photo.astype(np.float32), photo.astype(np.float32))
+    with pytest.raises(TypeError):
+        metric(photo / 127.5 - 1, photo / 127.5 - 1)   # [-1, 1] is the network's range, not an image's
     with pytest.raises(ValueError):
         metric(photo, photo[:32])
 

@@ -62,3 +62,34 @@ def test_a_diverging_method_is_an_error_row_and_the_shard_goes_on(shard):
     rows = shard_rows(model, Run("ife", "ife", {}, 5, 1.0, 1.0), [items[0], items[4]], images_dir=folder,
                      resolution=16, dataset="t")
     assert [r["status"] for r in rows] == ["error: non-finite inverted latent"] * 2
+
+
+def test_unquantised_scoring_measures_the_float_reconstruction_and_still_saves_8_bit_pngs(tmp_path):
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(30, 226, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "mid.png")  # no clipping
+    items = [{"index": 0, "id": "a", "file": "mid.png", "caption": "x", "status": "ok"}]
+    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    rows = {q: shard_rows(patch_model(), run, items, images_dir=tmp_path, resolution=16, qualitative=1,
+                          recon_dir=tmp_path / f"recon{q}", quantize=q)[0] for q in (True, False)}
+    exact, rounded = rows[False], rows[True]
+    assert exact["latent_mse"] == rounded["latent_mse"] > 0
+    # the latent is the image in [-1, 1]: the float reconstruction's MSE in [0, 1] units is a quarter of it
+    assert exact["mse"] == pytest.approx(exact["latent_mse"] / 4, rel=1e-12)
+    assert rounded["mse"] * 255**2 == pytest.approx(round(rounded["mse"] * 255**2 * 768) / 768, abs=1e-9)
+    pngs = [np.asarray(Image.open(tmp_path / f"recon{q}" / "a.png")) for q in (True, False)]
+    assert pngs[0].dtype == np.uint8 and np.array_equal(*pngs)
+
+
+def test_the_mixtures_latent_is_its_image_so_its_own_round_trip_is_not_scored_twice(tmp_path):
+    from diffinv.images import to_uint8, to_unit
+    from diffinv.roundtrip import encode
+
+    model = patch_model()
+    image = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    decoded = model.decode(encode(model, image))
+    assert model.latent_is_image and np.array_equal(to_uint8(decoded)[0], image)
+    np.testing.assert_allclose(to_unit(decoded)[0], image / 255, rtol=0, atol=1e-15)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    items = [{"index": 0, "id": "a", "file": "x.png", "caption": "x", "status": "ok"}]
+    row = shard_rows(model, Run("ddim", "ddim", {}, 5, 1.0, 1.0), items, images_dir=tmp_path, resolution=16)[0]
+    assert (row["psnr_vae"], row["ssim_vae"], row["mse_vae"]) == (row["psnr"], row["ssim"], row["mse"])

@@ -98,6 +98,7 @@ class InvertJob:
     prompt: str = "caption"                 # caption: the manifest's caption; empty: ""
     lpips: tuple[str, ...] = ()             # LPIPS nets scored
     lpips_trunk: str = "torchvision"        # where their ImageNet trunks come from
+    quantize: bool = True                   # score 8-bit reconstructions (the papers), or the float output
     qualitative: int = 0                    # images with manifest index below this keep their PNG
     save_latents: bool = False
     batch_size: int = 1
@@ -106,14 +107,14 @@ class InvertJob:
     def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "InvertJob":
         metrics = config["metrics"]
         return cls(run, dataset, ModelSpec.from_config(config["model"], run), config["inversion"]["prompt"],
-                   tuple(metrics["lpips"]), metrics["lpips_trunk"], int(config["qualitative"]),
+                   tuple(metrics["lpips"]), metrics["lpips_trunk"], bool(metrics["quantize"]), int(config["qualitative"]),
                    bool(config["save_latents"]), int(config["batch_size"]))
 
     @property
     def signature(self) -> str:
         return json.dumps({"run": json.loads(self.run.signature), "dataset": self.dataset,
                            "model": asdict(self.model), "prompt": self.prompt, "lpips": list(self.lpips),
-                           "lpips_trunk": self.lpips_trunk if self.lpips else None,
+                           "lpips_trunk": self.lpips_trunk if self.lpips else None, "quantize": self.quantize,
                            "qualitative": self.qualitative, "save_latents": self.save_latents}, sort_keys=True)
 
 

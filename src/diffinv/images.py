@@ -88,6 +88,12 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return unit.permute(0, 2, 3, 1).numpy().astype(np.uint8)
 
 
+def to_unit(images: Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] to float64 (B, H, W, 3) in [0, 1], not rounded to 8 bits."""
+    unit = (images.detach().double().cpu().clamp(-1, 1) + 1) / 2
+    return unit.permute(0, 2, 3, 1).numpy()
+
+
 def save_image(image: np.ndarray, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)

@@ -290,22 +290,27 @@ def load_lpips(net: str, trunk: Path, device: str | torch.device = "cpu") -> lpi
 
 
 class Perceptual:
-    """LPIPS distances (``lpips_<net>``) between uint8 RGB images, one model per trunk file."""
+    """LPIPS distances (``lpips_<net>``) between RGB images (uint8, or float64 in [0, 1]), one model per
+    trunk file."""
 
     def __init__(self, nets: Mapping[str, Path], device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.models = {net: load_lpips(net, path, self.device) for net, path in nets.items()}
 
     def _tensor(self, images: np.ndarray) -> Tensor:
-        # LPIPS expects RGB in [-1, 1]: 0 -> -1, 255 -> 1
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, torch.float32) / 127.5 - 1.0
+        # LPIPS expects RGB in [-1, 1]: 0 -> -1, 255 (1.0) -> 1
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        if images.dtype == np.uint8:
+            x = x.to(self.device, torch.float32) / 127.5 - 1.0
+        elif images.dtype == np.float64 and images.min() >= 0.0 and images.max() <= 1.0:
+            x = x.to(self.device, torch.float32) * 2.0 - 1.0
+        else:
+            raise TypeError(f"LPIPS takes uint8 images or float64 ones in [0, 1], got {images.dtype}")
         return x.permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def __call__(self, reference: np.ndarray, test: np.ndarray) -> dict[str, float | np.ndarray]:
         """(H, W, 3) images give floats; (B, H, W, 3) batches give arrays of B distances."""
-        if reference.dtype != np.uint8 or test.dtype != np.uint8:
-            raise TypeError(f"LPIPS takes uint8 images, got {reference.dtype} and {test.dtype}")
         if reference.shape != test.shape or reference.ndim not in (3, 4) or reference.shape[-1] != 3:
             raise ValueError(f"expected equal (H, W, 3) or (B, H, W, 3) shapes, got {reference.shape}, {test.shape}")
         single = reference.ndim == 3

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .api import invert, reconstruct
 from .config import Run
-from .images import to_tensor, to_uint8
+from .images import to_tensor, to_uint8, to_unit
 from .metrics import image_metrics
 from .models.base import DiffusionModel
 
@@ -50,7 +50,7 @@ class Peak:
 
 
 def quality(reference: np.ndarray, test: np.ndarray, perceptual: Perceptual | None) -> dict[str, float]:
-    """PSNR, SSIM, MSE and (given ``perceptual``) ``lpips_<net>`` of two uint8 images."""
+    """PSNR, SSIM, MSE and (given ``perceptual``) ``lpips_<net>`` of two images (uint8 or float64 in [0, 1])."""
     values = image_metrics(reference, test)
     if perceptual is not None:
         values.update(perceptual(reference, test))
@@ -71,13 +71,15 @@ def encode(model: DiffusionModel, image: np.ndarray) -> Tensor:
 
 def round_trip(model: DiffusionModel, run: Run, images: Sequence[np.ndarray], prompts: Sequence[str], *,
                latents: Sequence[Tensor] | None = None, perceptual: Perceptual | None = None,
-               peak: Peak | None = None, warm_up: bool = False, batch_id: int = 0,
+               peak: Peak | None = None, warm_up: bool = False, batch_id: int = 0, quantize: bool = True,
                progress: bool = False) -> list[dict[str, Any]]:
     """Invert and reconstruct uint8 ``images`` together (one network call per step for all of them).
 
     Each image is encoded, its prompt embedded, decoded and scored on its own, so nothing of its result
     depends on its neighbours but the network's batched arithmetic. ``latents``: the images' clean
-    latents if the caller encoded them already. Per image a dict: ``status`` (``ok``, or ``error:
+    latents if the caller encoded them already. ``quantize``: score reconstructions as 8-bit images (what
+    a saved PNG holds, the papers' protocol), or as the decoder's float output in [0, 1], which keeps the
+    metrics finite and ordered below one grey level. Per image a dict: ``status`` (``ok``, or ``error:
     <reason>`` for an image whose inversion or reconstruction is not finite), NFE and seconds of both
     directions, ``batch_size``, ``batch_id``, ``peak_mem_mb``, the metrics against the input and
     (``*_vae``) against the model's own round trip, ``latent_mse``, and the reconstruction (``recon``,
@@ -89,7 +91,8 @@ def round_trip(model: DiffusionModel, run: Run, images: Sequence[np.ndarray], pr
     latents = list(latents) if latents is not None else [encode(model, image) for image in images]
     z0 = torch.cat(latents)
     cond = model.condition(list(prompts), n)  # embedded one prompt at a time
-    roundtrips = [to_uint8(model.decode(z))[0] for z in latents]
+    scored = to_uint8 if quantize else to_unit
+    roundtrips = None if model.latent_is_image else [scored(model.decode(z))[0] for z in latents]
     if warm_up:  # the first network pass of a process pays one-off costs; keep them out of the timing
         with torch.no_grad():
             model.eps(z0, model.schedule(run.num_steps).timesteps[1], cond, run.guidance)
@@ -115,12 +118,16 @@ def round_trip(model: DiffusionModel, run: Run, images: Sequence[np.ndarray], pr
             reason = "non-finite inverted latent" if not finite_state[b] else "non-finite reconstruction"
             out.append({"status": f"error: {reason}"})
             continue
-        recon = to_uint8(model.decode(z0_hat[b:b + 1]))[0]
+        decoded = model.decode(z0_hat[b:b + 1])
+        recon = scored(decoded)[0]
         values: dict[str, Any] = {"status": "ok", **cost,
                                   "latent_mse": float(((z0_hat[b:b + 1].double() - latents[b].double()) ** 2).mean())}
-        values.update(quality(images[b], recon, perceptual))
-        values.update({f"{k}_vae": v for k, v in quality(roundtrips[b], recon, perceptual).items()})
-        values["recon"] = recon
+        scores = quality(images[b], recon, perceptual)
+        # the analytic model's round trip is its input (to float64 rounding): scoring it again repeats LPIPS
+        own = scores if roundtrips is None else quality(roundtrips[b], recon, perceptual)
+        values.update(scores)
+        values.update({f"{k}_vae": v for k, v in own.items()})
+        values["recon"] = recon if quantize else to_uint8(decoded)[0]
         values["latents"] = {"z0": latents[b].cpu().contiguous(), "zN": result.latent[b:b + 1].cpu().contiguous()}
         out.append(values)
     return out

@@ -217,7 +217,7 @@ def _invert_group(model: DiffusionModel, job: InvertJob, items: Sequence[dict[st
     try:
         _, images, prompts, latents = zip(*ready)
         measured = round_trip(model, job.run, images, prompts, latents=latents, perceptual=perceptual, peak=peak,
-                              warm_up=warm_up, batch_id=items[ready[0][0]]["index"])
+                              warm_up=warm_up, batch_id=items[ready[0][0]]["index"], quantize=job.quantize)
     except Exception as exc:
         failure = _error(exc)  # keep the reason only: the traceback would hold the batch's tensors
     if failure is not None and len(ready) == 1:

@@ -205,11 +205,12 @@ def model_spec(model, resolution: int):
 
 
 def shard_rows(model, run, items, *, images_dir, resolution: int, dataset: str = "t", qualitative: int = 0,
-               save_latents: bool = False, batch_size: int = 1, prompt: str = "caption", **kwargs):
+               save_latents: bool = False, batch_size: int = 1, prompt: str = "caption", quantize: bool = True,
+               **kwargs):
     """``run_shard`` with a job built from the test's model and settings (no LPIPS)."""
     from .config import InvertJob
     from .runs import run_shard
 
     job = InvertJob(run, dataset, model_spec(model, resolution), prompt, qualitative=qualitative,
-                    save_latents=save_latents, batch_size=batch_size)
+                    save_latents=save_latents, batch_size=batch_size, quantize=quantize)
     return run_shard(model, job, items, images_dir=images_dir, **kwargs)

@@ -44,6 +44,8 @@ class GaussianMixtureDenoiser(DiffusionModel):
     its schedule is built with (``image_seq_len``, ``sigmas``: see ``Schedule.from_scheduler_config``).
     """
 
+    latent_is_image = True
+
     def __init__(self, weights: Any, means: Any, covariances: Any, *, patch_size: int | None = None,
                  scheduler_config: dict[str, Any] | None = None, schedule_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",

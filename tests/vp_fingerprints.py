@@ -38,14 +38,14 @@ def _parts(state) -> list[torch.Tensor]:
     return [t for part in state for t in _parts(part)]
 
 
-def fingerprints(num_steps: int = 10) -> dict[str, list[float]]:
+def fingerprints(num_steps: int = 10, methods=None) -> dict[str, list[float]]:
     """Per method (defaults; IFE also with e_0): sum and sum of squares of every tensor of the inverted
-    state, and of the reconstruction, in float64."""
+    state, and of the reconstruction, in float64. ``methods``: these only (default: every registered one)."""
     from diffinv import METHODS, invert, reconstruct
 
     model, x = problem()
     out = {}
-    for name, params in [*((name, {}) for name in METHODS), ("ife", {"compute_e0": True})]:
+    for name, params in [*((name, {}) for name in methods or METHODS), ("ife", {"compute_e0": True})]:
         result = invert(name, model, x, num_steps=num_steps, **params)
         recon = reconstruct(name, model, result)
         key = name + ("_e0" if params else "")

@@ -19,6 +19,7 @@ from .ddim import ddim
 from .easyinv import easyinv
 from .edict import edict, edict_reconstruct
 from .erddci import erddci, erddci_reconstruct
+from .euler import euler
 from .fpi import fpi
 from .ife import ife, ife_noerr
 from .renoise import renoise
@@ -74,6 +75,7 @@ def _ife_nfe(p: dict[str, Any], s: Schedule) -> int:
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ddim", ddim, ddim_reconstruct, lambda p, s: s.num_steps),
+    Method("euler", euler, ddim_reconstruct, lambda p, s: s.num_steps),
     Method("fpi", fpi, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
     Method("aidi_e", aidi_e, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
     Method("aidi_a", aidi_a, ddim_reconstruct, lambda p, s: p["K"] * s.num_steps),
@@ -100,4 +102,4 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
-           "ddim", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"]
+           "ddim", "euler", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"]

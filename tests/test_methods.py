@@ -33,6 +33,13 @@ def test_nfe_counted_equals_theory(mixture, mixture_samples, name, guidance):
     assert mixture.nfe - before == per_pass * spec.reconstruct_nfe(result.schedule)
 
 
+@pytest.mark.parametrize("name", ["fpi", "aidi_e", "aidi_a"])
+def test_one_iteration_of_a_fixed_point_method_is_ddim_bit_for_bit(mixture, mixture_samples, name):
+    """Why the demo's K sweeps start at 2: K = 1 is the ddim run."""
+    x = mixture_samples[:3]
+    assert torch.equal(invert(name, mixture, x, num_steps=10, K=1).latent, invert("ddim", mixture, x, num_steps=10).latent)
+
+
 def test_unknown_method_and_parameter_are_named(mixture, mixture_samples):
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         invert("nope", mixture, mixture_samples)

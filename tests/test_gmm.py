@@ -71,3 +71,17 @@ def test_fit_save_load_round_trip(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a mixture")
     with pytest.raises(ValueError, match="bad.npz"):
         GaussianMixtureDenoiser.load(tmp_path / "bad.npz")
+
+
+def test_kept_precisions_give_the_same_prediction_bit_for_bit():
+    from diffinv.models.gmm import PRECISION_CACHE_LEVELS
+
+    model = random_mixture()
+    z = torch.randn(6, model.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    levels = [981, 501, 981, *range(1, 1000, 111), 981]          # repeats, then more levels than are kept
+    assert len(set(levels)) > PRECISION_CACHE_LEVELS
+    got = [model.forward(z, t, None) for t in levels]
+    for t, value in zip(levels, got):
+        fresh = random_mixture()                        # nothing kept: computed from scratch
+        assert torch.equal(fresh.forward(z, t, None), value)
+    assert len(model._precision_cache) == PRECISION_CACHE_LEVELS

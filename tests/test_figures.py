@@ -83,6 +83,18 @@ def test_quality_vs_cost_joins_families_and_puts_exact_methods_on_top(tmp_path):
     check_files(figures.save(fig, tmp_path / "cost"))
 
 
+def test_float_scored_exact_methods_go_on_top_without_stretching_the_axis():
+    points = pd.DataFrame([
+        {"run": "ife", "method": "ife", "nfe": 50, "seconds": 0.4, "psnr": 43.0},
+        {"run": "aidi_a-K10", "method": "aidi_a", "nfe": 500, "seconds": 2.0, "psnr": 70.0},   # converged, not exact
+        {"run": "bdia", "method": "bdia", "nfe": 50, "seconds": 0.6, "psnr": 292.0},           # float64 round-off
+    ])
+    nfe_axis = figures.quality_vs_cost(points, label="demo model").axes[0]
+    assert nfe_axis.get_legend_handles_labels()[1] == ["IFE", "AIDI-A", "BDIA: exact (≥ 96 dB)"]
+    top = max(point[1] for c in nfe_axis.collections for point in c.get_offsets())
+    assert 70.0 < top < 80.0 and nfe_axis.get_ylim()[1] < 100
+
+
 def test_placeholder_says_why_it_is_empty(tmp_path):
     fig = figures.placeholder("No run of FPI with a K in this preset", label="demo model")
     assert [t.get_text() for t in fig.axes[0].texts] == ["No run of FPI with a K in this preset"]

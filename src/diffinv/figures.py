@@ -26,6 +26,8 @@ NAMES = {"ddim": "DDIM", "ife": "IFE", "ife_noerr": "IFE w/o error approx.", "ea
          "erddci": "ERDDCI", "belm": "BELM", "euler": "Euler"}  # new methods go last: colours stay
 _PALETTE = dict(zip(NAMES, sns.color_palette("tab20", 20)[::2] + sns.color_palette("tab20", 20)[1::2]))
 DPI = 200
+# An RMS error below one 16-bit grey level: a reconstruction no image format can tell from its input
+EXACT_PSNR = 20 * math.log10(2**16 - 1)   # 96.3 dB
 
 
 def name(method: str) -> str:
@@ -147,11 +149,15 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
                                                         ("seconds", "seconds per image (inversion)")),
                     label: str = "") -> Figure:
     """One panel per cost: each run is a point (mean over images), a run and its K or N variants joined
-    by a line. An infinite quality (bit-exact methods) is drawn as a triangle on a dotted top line.
+    by a line. An exact quality is drawn as a triangle on a dotted top line: an infinite one (8-bit
+    scores of a bit-exact method), or a PSNR above :data:`EXACT_PSNR` (float scores of an exact method
+    sit at float64 round-off, near 300 dB, and would flatten every other point).
     ``points`` has ``run``, ``method``, the metric and each cost (``diffinv.report.cost_points``)."""
     theme()
     fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.4), squeeze=False)
-    finite = points[metric].replace([np.inf, -np.inf], np.nan).dropna()
+    values = points[metric].astype(float)
+    is_exact = np.isposinf(values) | ((metric == "psnr") & (values >= EXACT_PSNR))
+    finite = values[~is_exact].replace(-np.inf, np.nan).dropna()
     span = (finite.max() - finite.min()) if len(finite) else 1.0
     ceiling = (finite.max() + 0.08 * span) if len(finite) else 1.0
     # A family is a configured run and its K or N sweep variants: one line each (IFE with a computed e_0
@@ -165,7 +171,7 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
             method = group["method"].iloc[0]
             legend = name(method) if family == method else f"{name(method)} ({family})"
             y = group[metric].to_numpy(dtype=float)
-            exact = np.isposinf(y)
+            exact = is_exact[group.index].to_numpy()
             if (~exact).any():
                 if (~exact).sum() > 1:
                     ax.plot(group[cost][~exact], y[~exact], color=color(method), linewidth=1, alpha=0.7,
@@ -173,12 +179,13 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
                 ax.scatter(group[cost][~exact], y[~exact], color=color(method), s=16, label=legend, zorder=3,
                            marker="o" if family == method else "s")
             if exact.any():
+                top = "∞" if np.isposinf(y[exact]).all() else f"≥ {EXACT_PSNR:.0f} dB"
                 ax.scatter(group[cost][exact], np.full(exact.sum(), ceiling), marker="^", color=color(method), s=22,
-                           zorder=3, label=f"{legend}: exact (∞)")
+                           zorder=3, label=f"{legend}: exact ({top})")
         ax.set_xscale("log")
         ax.set_xlabel(cost_label)
         ax.set_ylabel(metric_label)
-        if np.isposinf(points[metric]).any():
+        if is_exact.any():
             ax.axhline(ceiling, color="0.6", linewidth=0.5, linestyle=":")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

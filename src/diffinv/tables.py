@@ -97,11 +97,11 @@ def _peak(ok: pd.DataFrame) -> dict[str, Any]:
 def reconstruction(results: pd.DataFrame, runs: pd.DataFrame, run_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Quality per dataset and run (mean and 95% CI over ok images), inversion NFE, image and error counts."""
     names = list(_computed(runs)["run"]) if run_names is None else run_names
+    scored = [m for m in ("lpips_alex", "lpips_vgg") if m in results] + ["ssim", "psnr", "latent_mse"]  # nets run
     out = []
     for dataset, name, group in _groups(results, runs, names):
         ok = _ok(group)
-        out.append({"dataset": dataset, "run": name,
-                    **_with_ci(ok, ("lpips_alex", "lpips_vgg", "ssim", "psnr", "latent_mse")),
+        out.append({"dataset": dataset, "run": name, **_with_ci(ok, scored),
                     "nfe_per_image": _mean(ok["nfe_inversion"]), "images": len(group), "errors": len(group) - len(ok)})
     return pd.DataFrame(out)
 

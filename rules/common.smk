@@ -72,7 +72,7 @@ def lpips_trunks(wildcards=None):
 
 def invert_runtime(wildcards):
     """Minutes for a shard on the configured hardware, from the run's NFE (for cluster schedulers)."""
-    per_image = nfe_estimate(RUNS[wildcards.run], MODEL["kind"]) * config["resources"]["seconds_per_nfe"]
+    per_image = nfe_estimate(RUNS[wildcards.run], MODEL) * config["resources"]["seconds_per_nfe"]
     return 10 + int(config["shard_size"] * per_image / 60) + 1
 
 

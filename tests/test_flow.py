@@ -266,6 +266,23 @@ def test_the_flow_preset_validates_and_puts_the_mixture_on_the_flow_path():
                                   "schedule_options": {"image_seq_len": 16, "sigmas": "flux"}}
 
 
+def test_nfe_estimate_of_the_flow_mixture_walks_its_own_grid(flow, samples):
+    """EDICT stops a level below sigma = 1 on the flow mixture's grid; the estimate (runs.csv, the budget, job
+    runtimes) must count that, not the VP grid's N steps."""
+    import yaml
+
+    from diffinv.config import Run, nfe_estimate
+    from snakemake_runner import ROOT
+
+    model = yaml.safe_load((ROOT / "config" / "demo-flow.yaml").read_text())["model"]
+    result = invert("edict", flow, samples[:1], num_steps=10)
+    before = flow.nfe
+    reconstruct("edict", flow, result)
+    run = Run("edict", "edict", METHODS["edict"].resolve({}), 10, 1.0, 1.0)
+    assert nfe_estimate(run, model) == result.nfe + flow.nfe - before == 36
+    assert nfe_estimate(run, {**model, "path": "vp"}) == nfe_estimate(run, "gaussian_mixture") == 40
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(path="ode"), "config key model.path: 'ode' is not one of"),
     (lambda m: m.update(path="vp"), "config key model.flow: the flow path's settings"),

@@ -13,6 +13,6 @@ rows = pd.concat([pd.read_csv(path, keep_default_na=False, na_values=["nan"]) fo
                  ignore_index=True)
 rows.to_csv(snakemake.output.rows, index=False, lineterminator="\n")
 summarize(rows).to_csv(snakemake.output.summary, index=False, lineterminator="\n")
-run_table(snakemake.params.runs, snakemake.params.aliases, snakemake.config["model"]["kind"]).to_csv(
+run_table(snakemake.params.runs, snakemake.params.aliases, snakemake.config["model"]).to_csv(
     snakemake.output.runs, index=False, lineterminator="\n")
 logging.info("%d rows, %d errors", len(rows), int((rows["status"] != "ok").sum()))

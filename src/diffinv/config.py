@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -304,13 +304,24 @@ def mixture_path(model: dict[str, Any]) -> dict[str, Any]:
     return {"scheduler_config": {**SD3_SCHEDULER_CONFIG, **flow}, "schedule_options": options}
 
 
-def nfe_estimate(run: Run, kind: str = "stable_diffusion") -> int:
-    """Network passes per image for inversion plus reconstruction (for scheduler runtimes) on a ``kind`` model."""
+def nfe_estimate(run: Run, model: Mapping[str, Any] | str = "stable_diffusion") -> int:
+    """Network passes per image for inversion plus reconstruction (for scheduler runtimes) on the configured
+    ``model`` (the config's ``model`` section, or a kind alone for a VP model or a flow backend).
+
+    The grid: the flow mixture's own (``model.path: flow``), SD3's for the SD3 and FLUX.1 backends (their
+    grids share the top level sigma = 1 that makes BELM, EDICT and ERDDCI stop a level early; FLUX's
+    resolution shift moves only which levels fall below ReNoise's ``first_timestep``), SD's otherwise."""
     from .schedule import Schedule
 
+    kind = model if isinstance(model, str) else model["kind"]
     method = get_method(run.method)
-    # a flow grid tops out at sigma = 1, where BELM, EDICT and ERDDCI stop a level early
-    sched = Schedule.rectified_flow(run.num_steps) if kind in FLOW_KINDS else Schedule.stable_diffusion(run.num_steps)
+    if not isinstance(model, str) and model.get("path") == "flow":
+        path = mixture_path(model)
+        sched = Schedule.from_scheduler_config(path["scheduler_config"], run.num_steps, **path["schedule_options"])
+    elif kind in FLOW_KINDS:
+        sched = Schedule.rectified_flow(run.num_steps)
+    else:
+        sched = Schedule.stable_diffusion(run.num_steps)
     passes = {w: 1 if w == 1 or kind in GUIDANCE_DISTILLED else 2 for w in (run.guidance, run.reconstruction_guidance)}
     return method.nfe(run.params, sched) * passes[run.guidance] + method.reconstruct_nfe(sched) * passes[
         run.reconstruction_guidance]

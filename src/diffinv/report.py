@@ -177,7 +177,6 @@ def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs:
     """
     rate = rate if isinstance(rate, Rate) else Rate(float(rate), "given")
     runs, _ = expand_runs(config)
-    kind = config["model"]["kind"]  # a guided call is 1 NFE on a guidance-distilled model (FLUX.1-dev)
     images = sum(spec.get("count", 0) for spec in config["datasets"].values())
     by_setting = _measured_nfe(measured, measured_runs)
     encode = rate.vae_encode_seconds if rate.vae_encode_seconds is not None else math.nan
@@ -186,7 +185,7 @@ def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs:
     for run in runs.values():
         nfe = by_setting.get(run.signature)
         out.append({"run": run.name, "method": run.method, "images": images,
-                    "nfe_round_trip": nfe if nfe is not None else float(nfe_estimate(run, kind)),
+                    "nfe_round_trip": nfe if nfe is not None else float(nfe_estimate(run, config["model"])),
                     "nfe_source": "measured" if nfe is not None else "formula",
                     "vae_seconds_per_image": encode + 2 * decode})
     stats = config["error_stats"]
@@ -195,7 +194,7 @@ def preset_budget(config: dict[str, Any], measured: pd.DataFrame, measured_runs:
         # The reference solve may take up to max_iter evaluations per step: an upper bound.
         out.append({"run": f"error statistics: {name}", "method": run.method,
                     "images": stats["images"] * len(config["datasets"]),
-                    "nfe_round_trip": float(nfe_estimate(run, kind) + run.num_steps * stats["max_iter"]),
+                    "nfe_round_trip": float(nfe_estimate(run, config["model"]) + run.num_steps * stats["max_iter"]),
                     "nfe_source": "bound", "vae_seconds_per_image": encode})
     table = pd.DataFrame(out)
     table["nfe_all_images"] = table["images"] * table["nfe_round_trip"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -46,9 +46,11 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def run_table(runs: dict[str, Run], aliases: dict[str, str], kind: str = "stable_diffusion") -> pd.DataFrame:
-    """The settings of every run, with the sweep names that alias an identical run (NFE on a ``kind`` model)."""
-    table = [{**run.as_dict(), "alias_of": "", "nfe_per_image": nfe_estimate(run, kind)} for run in runs.values()]
+def run_table(runs: dict[str, Run], aliases: dict[str, str],
+              model: Mapping[str, Any] | str = "stable_diffusion") -> pd.DataFrame:
+    """The settings of every run, with the sweep names that alias an identical run (NFE on the configured
+    ``model``: :func:`diffinv.config.nfe_estimate`)."""
+    table = [{**run.as_dict(), "alias_of": "", "nfe_per_image": nfe_estimate(run, model)} for run in runs.values()]
     table += [{**runs[target].as_dict(), "run": alias, "alias_of": target,
-               "nfe_per_image": nfe_estimate(runs[target], kind)} for alias, target in aliases.items()]
+               "nfe_per_image": nfe_estimate(runs[target], model)} for alias, target in aliases.items()]
     return pd.DataFrame(table)

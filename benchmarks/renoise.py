@@ -4,15 +4,17 @@ Before: the regulariser as it was, image by image and channel by channel with th
 autograd (the copy kept as the reference in tests/test_renoise.py). After:
 ``diffinv.methods.renoise.NoiseRegularizer``, reused across calls as ``renoise`` does. Both get the same
 noises, references and seeds, with the official defaults (4 steps of one KL step and 5 auto-correlation
-rolls). Prints milliseconds per call and image, their ratio and the largest difference of the outputs,
-for the demo's shapes (its model's latent is the 64 px image itself: (B, 3, 64, 64), float64) and Stable
-Diffusion's ((B, 4, 64, 64), float32), B = 1 and the demo's batch of 4. Then the seconds of whole ReNoise
-inversions (N = 50, K = 1 and 3) of the demo's 4 photographs on the analytic mixture with the old
-regulariser patched in and with the new one, and how far apart their latents end: as far apart as when
-only the old regulariser's first output moves by one ulp, since the inversion amplifies rounding. Best
-of ``--repeats`` interleaved runs; one torch thread, as the workflow's jobs run.
+rolls). Prints milliseconds per call and image, their ratio and the largest difference of the outputs, for
+the demo's shapes (its model's latent is the 64 px image itself: (B, 3, 64, 64), float64; B = 1, 4 and the
+demo's batch of 34) and Stable Diffusion's ((B, 4, 64, 64), float32; B = 1 and 4). Then the seconds of
+whole ReNoise inversions (N = 50, K = 1 and 3) of the demo's 4 photographs on the analytic mixture with the
+old regulariser patched in and with the new one, and how far apart their latents end: as far apart as when
+only the old regulariser's first output moves by one ulp, since the inversion amplifies rounding. Best of
+``--repeats`` interleaved runs; one torch thread, as the workflow's jobs run (``--keep-freed-memory``: with
+their malloc settings too).
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/renoise.py [--repeats 5] [--no-inversion]
+                                                               [--keep-freed-memory]
 """
 
 from __future__ import annotations
@@ -127,12 +129,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inversion-repeats", type=int, default=1)
     parser.add_argument("--no-inversion", action="store_true")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune malloc as every workflow job does (diffinv.allocator)")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        from diffinv.allocator import keep_freed_memory
+
+        print(f"malloc keeps freed memory: {keep_freed_memory()}")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread; regulariser with the official defaults "
           f"{DEFAULTS}\n")
     print(f"{'noise shape':<34} {'old ms/img':>10} {'new ms/img':>10} {'ratio':>7} {'max |gap|':>11}")
-    for batch in (1, 4):
+    for batch in (1, 4, 34):   # 34: the demo's batch since it runs one job per run
         regulariser_row(f"demo ({batch}, 3, 64, 64) float64", (batch, 3, 64, 64), torch.float64, args.repeats)
     for batch in (1, 4):
         regulariser_row(f"SD-like ({batch}, 4, 64, 64) float32", (batch, 4, 64, 64), torch.float32, args.repeats)

@@ -83,6 +83,19 @@ def test_quality_vs_cost_joins_families_and_puts_exact_methods_on_top(tmp_path):
     check_files(figures.save(fig, tmp_path / "cost"))
 
 
+def test_a_run_swept_in_k_and_in_n_gets_two_lines_through_it():
+    points = pd.DataFrame([
+        {"run": "fpi-N10", "method": "fpi", "nfe": 30, "seconds": 0.1, "psnr": 27.0},
+        {"run": "fpi-N20", "method": "fpi", "nfe": 60, "seconds": 0.2, "psnr": 31.0},
+        {"run": "fpi", "method": "fpi", "nfe": 150, "seconds": 0.5, "psnr": 33.0},
+        {"run": "fpi-K2", "method": "fpi", "nfe": 100, "seconds": 0.4, "psnr": 32.0},
+        {"run": "fpi-K10", "method": "fpi", "nfe": 500, "seconds": 1.5, "psnr": 35.0},
+    ])
+    nfe_axis = figures.quality_vs_cost(points, label="demo model").axes[0]
+    lines = sorted(list(line.get_ydata()) for line in nfe_axis.get_lines() if len(line.get_xdata()) > 1)
+    assert lines == [[27.0, 31.0, 33.0], [32.0, 33.0, 35.0]]   # N: 10, 20, 50; K: 2, 3, 10
+
+
 def test_float_scored_exact_methods_go_on_top_without_stretching_the_axis():
     points = pd.DataFrame([
         {"run": "ife", "method": "ife", "nfe": 50, "seconds": 0.4, "psnr": 43.0},

@@ -148,8 +148,8 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
                     costs: Sequence[tuple[str, str]] = (("nfe", "network evaluations per image (inversion)"),
                                                         ("seconds", "seconds per image (inversion)")),
                     label: str = "") -> Figure:
-    """One panel per cost: each run is a point (mean over images), a run and its K or N variants joined
-    by a line. An exact quality is drawn as a triangle on a dotted top line: an infinite one (8-bit
+    """One panel per cost: each run is a point (mean over images), a run joined by one line to its K
+    variants and by another to its N variants. An exact quality is drawn as a triangle on a dotted top line: an infinite one (8-bit
     scores of a bit-exact method), or a PSNR above :data:`EXACT_PSNR` (float scores of an exact method
     sit at float64 round-off, near 300 dB, and would flatten every other point).
     ``points`` has ``run``, ``method``, the metric and each cost (``diffinv.report.cost_points``)."""
@@ -173,9 +173,13 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
             y = group[metric].to_numpy(dtype=float)
             exact = is_exact[group.index].to_numpy()
             if (~exact).any():
-                if (~exact).sum() > 1:
-                    ax.plot(group[cost][~exact], y[~exact], color=color(method), linewidth=1, alpha=0.7,
-                            linestyle="-" if family == method else "--")
+                # one line per swept setting: the run with its K variants, the run with its N variants
+                sweep = group["run"].str.extract(r"-([KN])\d+$")[0]
+                for kind in sweep.dropna().unique():
+                    on_line = ((sweep == kind) | sweep.isna()).to_numpy() & ~exact
+                    if on_line.sum() > 1:
+                        ax.plot(group[cost][on_line], y[on_line], color=color(method), linewidth=1, alpha=0.7,
+                                linestyle="-" if family == method else "--")
                 ax.scatter(group[cost][~exact], y[~exact], color=color(method), s=16, label=legend, zorder=3,
                            marker="o" if family == method else "s")
             if exact.any():

@@ -1,5 +1,6 @@
 """The methods on the rectified-flow path (issue 15): schedules, the exact mixture as a velocity model,
-exactness, NFE, DDIM and Euler inversion against the flow's Euler steps, the level sigma = 1, and VP results unchanged."""
+exactness, NFE, DDIM and Euler inversion against the flow's Euler steps, the level sigma = 1, and VP
+results unchanged."""
 
 from __future__ import annotations
 

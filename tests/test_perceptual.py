@@ -203,7 +203,7 @@ def test_metric_takes_uint8_or_unit_float64_images_of_equal_shape(metric, photo,
     assert as_float == pytest.approx(as_uint8, rel=1e-5) and as_float["lpips_alex"] > 0
     with pytest.raises(TypeError):
         metric(photo.astype(np.float32), photo.astype(np.float32))
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metric(photo / 127.5 - 1, photo / 127.5 - 1)   # [-1, 1] is the network's range, not an image's
     with pytest.raises(ValueError):
         metric(photo, photo[:32])

@@ -18,7 +18,7 @@ def start(snakemake, offline: bool = False, uses_torch: bool = True) -> None:
         from diffinv.allocator import keep_freed_memory
 
         if not keep_freed_memory():
-            logging.info("malloc is not glibc's: freed memory goes back to the system (slower large tensors)")
+            logging.info("malloc left as it is (not glibc, or mallopt refused): large tensors are mapped afresh")
         if snakemake.threads:
             import torch
 

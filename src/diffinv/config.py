@@ -107,8 +107,8 @@ class InvertJob:
     def from_config(cls, config: dict[str, Any], run: Run, dataset: str) -> "InvertJob":
         metrics = config["metrics"]
         return cls(run, dataset, ModelSpec.from_config(config["model"], run), config["inversion"]["prompt"],
-                   tuple(metrics["lpips"]), metrics["lpips_trunk"], bool(metrics["quantize"]), int(config["qualitative"]),
-                   bool(config["save_latents"]), int(config["batch_size"]))
+                   tuple(metrics["lpips"]), metrics["lpips_trunk"], bool(metrics["quantize"]),
+                   int(config["qualitative"]), bool(config["save_latents"]), int(config["batch_size"]))
 
     @property
     def signature(self) -> str:

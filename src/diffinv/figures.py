@@ -149,9 +149,9 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
                                                         ("seconds", "seconds per image (inversion)")),
                     label: str = "") -> Figure:
     """One panel per cost: each run is a point (mean over images), a run joined by one line to its K
-    variants and by another to its N variants. An exact quality is drawn as a triangle on a dotted top line: an infinite one (8-bit
-    scores of a bit-exact method), or a PSNR above :data:`EXACT_PSNR` (float scores of an exact method
-    sit at float64 round-off, near 300 dB, and would flatten every other point).
+    variants and by another to its N variants. An exact quality is drawn as a triangle on a dotted top
+    line: an infinite one (8-bit scores of a bit-exact method), or a PSNR above :data:`EXACT_PSNR` (float
+    scores of an exact method sit at float64 round-off, near 300 dB, and would flatten every other point).
     ``points`` has ``run``, ``method``, the metric and each cost (``diffinv.report.cost_points``)."""
     theme()
     fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.4), squeeze=False)
@@ -160,8 +160,8 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
     finite = values[~is_exact].replace(-np.inf, np.nan).dropna()
     span = (finite.max() - finite.min()) if len(finite) else 1.0
     ceiling = (finite.max() + 0.08 * span) if len(finite) else 1.0
-    # A family is a configured run and its K or N sweep variants: one line each (IFE with a computed e_0
-    # is its own family, not a point on IFE's line).
+    # A family is a configured run and its K and N sweep variants: one legend entry, a line per sweep (IFE
+    # with a computed e_0 is its own family, not a point on IFE's line).
     families = points["run"].str.replace(r"-[KN]\d+$", "", regex=True)
     rank = {m: i for i, m in enumerate(NAMES)}
     order = sorted(families.unique(), key=lambda f: (rank.get(points.loc[families == f, "method"].iloc[0], 99), f))

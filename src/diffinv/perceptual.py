@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .metrics import unit_image
+
 
 class Artifact(NamedTuple):
     url: str
@@ -298,14 +300,11 @@ class Perceptual:
         self.models = {net: load_lpips(net, path, self.device) for net, path in nets.items()}
 
     def _tensor(self, images: np.ndarray) -> Tensor:
-        # LPIPS expects RGB in [-1, 1]: 0 -> -1, 255 (1.0) -> 1
-        x = torch.from_numpy(np.ascontiguousarray(images))
+        # LPIPS expects RGB in [-1, 1]: 0 -> -1, 255 (1.0) -> 1; uint8 keeps its old float32 arithmetic
         if images.dtype == np.uint8:
-            x = x.to(self.device, torch.float32) / 127.5 - 1.0
-        elif images.dtype == np.float64 and images.min() >= 0.0 and images.max() <= 1.0:
-            x = x.to(self.device, torch.float32) * 2.0 - 1.0
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, torch.float32) / 127.5 - 1.0
         else:
-            raise TypeError(f"LPIPS takes uint8 images or float64 ones in [0, 1], got {images.dtype}")
+            x = torch.from_numpy(np.ascontiguousarray(unit_image(images))).to(self.device, torch.float32) * 2 - 1
         return x.permute(0, 3, 1, 2)
 
     @torch.no_grad()

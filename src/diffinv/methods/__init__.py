@@ -102,4 +102,5 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
-           "ddim", "euler", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"]
+           "ddim", "euler", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm",
+           "edict", "erddci"]

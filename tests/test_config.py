@@ -41,6 +41,30 @@ def test_presets_validate_and_fill_defaults(name):
     (lambda c: c["report"].update(qualitative_runs=["ddim", "dim"]), "config key report.qualitative_runs: 'dim'"),
     (lambda c: c["report"].update(images=5), "config key report.images: 5 images are shown but only"),
     (lambda c: c["report"].update(iteration_methods=["ddim"]), "config key report.iteration_methods.0"),
+    # method parameters, typed by the method's signature (diffinv.methods.params)
+    (lambda c: c["runs"]["fpi"].update(params={"K": 0}), "config key runs.fpi.params.K: must be an integer >= 1, "
+                                                          "got 0"),
+    (lambda c: c["runs"]["fpi"].update(params={"K": -1}), "runs.fpi.params.K: must be an integer >= 1, got -1"),
+    (lambda c: c["runs"]["fpi"].update(params={"K": 2.5}), "runs.fpi.params.K: must be an integer >= 1, got 2.5"),
+    (lambda c: c["runs"]["fpi"].update(params={"K": True}), "runs.fpi.params.K: must be an integer >= 1, got True"),
+    (lambda c: c["runs"]["ife_e0"].update(params={"compute_e0": "false"}),
+     "runs.ife_e0.params.compute_e0: must be true or false, got 'false'"),
+    (lambda c: c["runs"]["aidi_a"].update(params={"ridge": float("nan")}), "config key runs.aidi_a.params.ridge: "
+                                                                           "must be a finite number, got nan"),
+    (lambda c: c["runs"]["easyinv"].update(params={"order": "sideways"}),
+     "runs.easyinv.params.order: must be one of 'notebook', 'after', got 'sideways'"),
+    (lambda c: c["runs"]["edict"].update(params={"p": 0.0}), "runs.edict.params.p: must be a finite number in (0, 1]"),
+    (lambda c: c["sweeps"].append({"param": "K", "runs": ["renoise"], "values": [-1]}), "config key sweeps.3.values"),
+    # NaN and infinity anywhere (JSON Schema's minimum lets NaN through)
+    (lambda c: c["inversion"].update(guidance=float("nan")), "config key inversion.guidance: must be a finite number"),
+    (lambda c: c["error_stats"].update(tol=float("nan")), "config key error_stats.tol: must be a finite number"),
+    (lambda c: c["resources"].update(seconds_per_nfe=float("inf")), "config key resources.seconds_per_nfe: must be"),
+    # what the model's grid or the metrics cannot take
+    (lambda c: c["inversion"].update(num_steps=600), "config key inversion.num_steps: ddim at 600 steps:"),
+    (lambda c: c["sweeps"][2].update(values=[10, 600]), "config key sweeps.2.values: ddim-N600 at 600 steps"),
+    (lambda c: c["runs"]["ddim"].update(num_steps=501), "config key runs.ddim.num_steps: ddim at 501 steps"),
+    (lambda c: c["model"].update(resolution=8), "config key model.resolution: 8 px is below the 31 px that SSIM "
+                                                "and LPIPS alex need"),
 ])
 def test_bad_values_name_their_key(edit, message):
     config = copy.deepcopy(preset())

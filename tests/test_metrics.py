@@ -35,3 +35,34 @@ def test_metrics_refuse_floats_outside_the_unit_range_or_of_another_dtype():
         psnr(a, np.full((8, 8, 3), np.nan))
     with pytest.raises(TypeError, match="float32"):
         psnr(a, a.astype(np.float32))
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_min_side_is_the_smallest_side_each_trunk_can_score(net):
+    """metrics.LPIPS_MIN_SIDE, which the config checks read, against the nets themselves (random trunks)."""
+    import warnings
+
+    import lpips
+    import torch
+
+    from diffinv.metrics import LPIPS_MIN_SIDE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    side = LPIPS_MIN_SIDE[net]
+    image = torch.zeros(1, 3, side, side)
+    model(image, image)
+    with pytest.raises(RuntimeError):
+        small = torch.zeros(1, 3, side - 1, side - 1)
+        model(small, small)
+
+
+def test_ssim_min_side_is_the_smallest_side_it_scores():
+    from diffinv.metrics import SSIM_MIN_SIDE, ssim
+
+    ok = np.zeros((SSIM_MIN_SIDE, SSIM_MIN_SIDE, 3), np.uint8)
+    assert ssim(ok, ok) == 1.0
+    small = ok[1:, 1:]
+    with pytest.raises(ValueError, match="win_size exceeds image extent"):
+        ssim(small, small)

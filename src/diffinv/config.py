@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .methods import get_method
+from .methods import ParamError, get_method
 
 
 class ConfigError(ValueError):
@@ -160,13 +160,26 @@ def _key(path) -> str:
 
 
 def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
-    """Schema check with defaults filled in (in place); the first error names its key."""
+    """Schema check with defaults filled in (in place); the first error names its key. NaN and infinity
+    are refused everywhere (JSON Schema's ``minimum`` lets NaN through): no setting means them."""
+    _refuse_non_finite(config, [])
     schema = yaml.safe_load(Path(schema_path).read_text())
     errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         raise ConfigError(f"config key {_key(err.absolute_path)}: {err.message}")
     return config
+
+
+def _refuse_non_finite(value: Any, path: list) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {_key(path)}: must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, [*path, key])
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _refuse_non_finite(item, [*path, k])
 
 
 def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]:
@@ -184,6 +197,8 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
             raise ConfigError(f"config key runs.{name}.method: {exc.args[0]}") from None
         try:
             params = method.resolve(dict(spec.get("params", {})))
+        except ParamError as exc:
+            raise ConfigError(f"config key runs.{name}.params.{exc.name}: {exc.reason}") from None
         except TypeError as exc:
             raise ConfigError(f"config key runs.{name}.params: {exc}") from None
         runs[name] = Run(name, method.name, params, spec.get("num_steps", inv["num_steps"]),
@@ -207,6 +222,10 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
                 if sweep == "K":
                     if "K" not in base.params:
                         raise ConfigError(f"config key sweeps.{index}.runs: method {base.method!r} has no parameter K")
+                    try:
+                        get_method(base.method).resolve({"K": value})
+                    except ParamError as exc:
+                        raise ConfigError(f"config key sweeps.{index}.values: {base.method}'s {exc}") from None
                     name, run = f"{base_name}-K{value}", Run("", base.method, {**base.params, "K": value},
                                                              base.num_steps, base.guidance,
                                                              base.reconstruction_guidance, base.dtype)
@@ -254,6 +273,19 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         raise ConfigError(f"config key report.images: {report['images']} images are shown but only the first "
                           f"qualitative = {config['qualitative']} keep their reconstructions")
     model = config["model"]
+    from .metrics import min_side
+
+    smallest = min_side(config["metrics"]["lpips"])
+    if model["resolution"] < smallest:
+        nets = config["metrics"]["lpips"]
+        raise ConfigError(f"config key model.resolution: {model['resolution']} px is below the {smallest} px that "
+                          f"SSIM{' and LPIPS ' + '/'.join(nets) if nets else ''} need to score an image")
+    for run in runs.values():
+        try:
+            nfe_estimate(run, model)  # builds the run's grid: a step count the model's schedule cannot take fails
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"config key {_num_steps_key(config, run.name)}: {run.name} at {run.num_steps} steps: "
+                              f"{exc}") from None
     multiple = PIXEL_MULTIPLES.get(model["kind"])
     if multiple and model["resolution"] % multiple:
         raise ConfigError(f"config key model.resolution: the {model['kind']} model needs a multiple of {multiple}")
@@ -274,6 +306,17 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         if model["resolution"] % model["fit"]["patch_size"]:
             raise ConfigError("config key model.resolution: must be a multiple of model.fit.patch_size")
     return runs, aliases
+
+
+def _num_steps_key(config: dict[str, Any], name: str) -> str:
+    """Where a run's step count is set: its own ``num_steps``, a num_steps sweep, or ``inversion.num_steps``."""
+    if name in config["runs"]:
+        return f"runs.{name}.num_steps" if "num_steps" in config["runs"][name] else "inversion.num_steps"
+    base, _, variant = name.rpartition("-")
+    for index, sweep in enumerate(config.get("sweeps", [])):
+        if base in sweep["runs"] and variant.startswith("N") and sweep["param"] == "num_steps":
+            return f"sweeps.{index}.values"
+    return _num_steps_key(config, base) if base in config["runs"] else "inversion.num_steps"
 
 
 def _check_mixture_path(model: dict[str, Any]) -> None:

@@ -12,6 +12,15 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 DATA_RANGE = 1.0
+# The smallest image side each metric is defined on: SSIM's Gaussian window (sigma 1.5, truncated at 3.5
+# sigma) is 11 px wide; LPIPS's trunks pool the image away below these sides (tests/test_metrics.py).
+SSIM_MIN_SIDE = 11
+LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16}
+
+
+def min_side(lpips_nets=()) -> int:
+    """The smallest square side every metric (SSIM, and LPIPS with ``lpips_nets``) can score."""
+    return max([SSIM_MIN_SIDE, *(LPIPS_MIN_SIDE[net] for net in lpips_nets)])
 
 
 def unit_image(image: np.ndarray) -> np.ndarray:

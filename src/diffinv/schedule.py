@@ -160,10 +160,14 @@ class Schedule:
         scheduler.set_timesteps(num_steps)
         taus = sorted(int(t) for t in scheduler.timesteps)
         step = scheduler.config.num_train_timesteps // num_steps
-        if any(b - a != step for a, b in zip(taus, taus[1:])) or taus[0] - step >= 0:
+        if any(b - a != step for a, b in zip(taus, taus[1:])):
+            raise ValueError(f"unsupported timestep grid {taus[:3]}... (uneven); use 'leading' or 'trailing' spacing")
+        if taus[0] - step >= 0:
             # The level-0 alpha-bar below is what DDIMScheduler.step uses for the last step only
             # when tau_1 - step < 0; other grids would need a different level 0.
-            raise ValueError(f"unsupported timestep grid {taus[:3]}...; use 'leading' or 'trailing' spacing")
+            raise ValueError(f"{num_steps} steps of {scheduler.config.num_train_timesteps} training timesteps put the "
+                             f"first level at timestep {taus[0]}, not below the step {step}: DDIM has no level 0 "
+                             f"for that grid; use fewer steps")
         acp = scheduler.alphas_cumprod.double()
         final = float(scheduler.final_alpha_cumprod)
         return cls(timesteps=(0, *taus), alpha_bar=(final, *(float(acp[t]) for t in taus)))

@@ -13,6 +13,7 @@ from ..schedule import Schedule
 from .aidi_a import aidi_a
 from .aidi_e import aidi_e
 from .base import Callback, EpsFn, ddim_reconstruct, exact_top, levels
+from .params import ParamError, check, describe, hints, parse_text
 from .bdia import bdia, bdia_reconstruct
 from .belm import belm, belm_reconstruct
 from .ddim import ddim
@@ -37,11 +38,18 @@ class Method:
     state: str = "latent"
     reconstruct_nfe: Callable[[Schedule], int] = lambda s: s.num_steps
     defaults: dict[str, Any] = field(init=False)
+    types: dict[str, Any] = field(init=False, repr=False)
+    """Each parameter's annotation (type and range: :mod:`diffinv.methods.params`)."""
 
     def __post_init__(self) -> None:
         params = inspect.signature(self.invert).parameters.values()
         defaults = {p.name: p.default for p in params if p.name not in _NOT_PARAMS}
+        annotations = hints(self.invert)
+        untyped = sorted(set(defaults) - set(annotations))
+        if untyped:
+            raise TypeError(f"method {self.name!r}: parameters {untyped} have no type annotation")
         object.__setattr__(self, "defaults", defaults)
+        object.__setattr__(self, "types", {name: annotations[name] for name in defaults})
 
     @property
     def summary(self) -> str:
@@ -54,12 +62,25 @@ class Method:
         return {k: v for k, v in params.items() if k in wanted and k not in _NOT_PARAMS}
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Defaults overridden by ``params``; an unknown name is an error naming the method's parameters."""
-        unknown = set(params) - set(self.defaults)
+        """Defaults overridden by ``params``, each checked against its annotation (:class:`ParamError`
+        names the parameter); an unknown name is a TypeError naming the method's parameters."""
+        self._known(params)
+        return {**self.defaults, **{name: check(name, self.types[name], value) for name, value in params.items()}}
+
+    def parse(self, name: str, text: str) -> Any:
+        """A parameter's value from command-line text (``--param K=5``), typed and checked."""
+        self._known([name])
+        return parse_text(name, self.types[name], text)
+
+    def _known(self, names) -> None:
+        unknown = set(names) - set(self.defaults)
         if unknown:
             raise TypeError(f"method {self.name!r} has no parameter {sorted(unknown)}; "
                             f"its parameters are {self.defaults or 'none'}")
-        return {**self.defaults, **params}
+
+    def describe(self, name: str) -> str:
+        """What the parameter ``name`` must be, in words."""
+        return describe(self.types[name])
 
 
 def _renoise_nfe(p: dict[str, Any], s: Schedule) -> int:
@@ -101,6 +122,6 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "Method", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
+__all__ = ["METHODS", "Method", "ParamError", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
            "ddim", "euler", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm",
            "edict", "erddci"]

@@ -14,12 +14,11 @@ from ..algebra import transfer
 from ..schedule import Schedule
 from ..solvers import anderson
 from .base import Callback, EpsFn, levels
+from .params import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
-def aidi_a(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: int = 3, m: int = 3, ridge: float = 0.0,
+def aidi_a(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: PositiveInt = 3, m: NonNegativeInt = 3, ridge: NonNegativeFloat = 0.0,
            callback: Callback = None, disable: bool = True) -> Tensor:
-    if K < 1 or m < 0:
-        raise ValueError(f"aidi_a needs K >= 1 and m >= 0, got K={K}, m={m}")
     z = z0
     for i in levels(sched, disable=disable, desc="aidi_a"):
         step = anderson(lambda u: transfer(sched, i - 1, i, z, eps(u, i)), z, iterations=K, window=m,

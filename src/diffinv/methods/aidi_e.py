@@ -15,12 +15,11 @@ from torch import Tensor
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
+from .params import PositiveInt
 
 
-def aidi_e(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: int = 3, callback: Callback = None,
+def aidi_e(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: PositiveInt = 3, callback: Callback = None,
            disable: bool = True) -> Tensor:
-    if K < 1:
-        raise ValueError(f"aidi_e needs K >= 1, got {K}")
     z = z0
     for i in levels(sched, disable=disable, desc="aidi_e"):
         u, previous = z, None

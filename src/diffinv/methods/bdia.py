@@ -15,16 +15,11 @@ from torch import Tensor
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
+from .params import PositiveFloat
 
 
-def _check(gamma: float) -> None:
-    if not gamma > 0:
-        raise ValueError(f"bdia needs gamma > 0, got {gamma}")
-
-
-def bdia(eps: EpsFn, z0: Tensor, sched: Schedule, *, gamma: float = 1.0, callback: Callback = None,
+def bdia(eps: EpsFn, z0: Tensor, sched: Schedule, *, gamma: PositiveFloat = 1.0, callback: Callback = None,
          disable: bool = True) -> tuple[Tensor, Tensor]:
-    _check(gamma)
     older, z = None, z0
     for i in levels(sched, disable=disable, desc="bdia"):
         k = i - 1   # the level whose network output drives this step
@@ -39,9 +34,8 @@ def bdia(eps: EpsFn, z0: Tensor, sched: Schedule, *, gamma: float = 1.0, callbac
     return z, older
 
 
-def bdia_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, *, gamma: float = 1.0,
+def bdia_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, *, gamma: PositiveFloat = 1.0,
                      callback: Callback = None, disable: bool = True) -> Tensor:
-    _check(gamma)
     newer, z = state
     for k in levels(sched, reverse=True, top=sched.num_steps - 1, disable=disable, desc="bdia"):
         noise = eps(z, k)

@@ -11,19 +11,21 @@ network call sees it. 1 NFE per step; reconstruction is DDIM. Defaults are the o
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
+from .params import UnitInterval
 
 SDXL_DEFAULTS = {"eta": 0.8, "s": 0.85, "l": 0.1}
 
 
-def easyinv(eps: EpsFn, z0: Tensor, sched: Schedule, *, eta: float = 0.5, s: float = 0.05, l: float = 0.2,  # noqa: E741
-            order: str = "notebook", callback: Callback = None, disable: bool = True) -> Tensor:
-    if order not in ("notebook", "after"):
-        raise ValueError(f"easyinv order must be 'notebook' or 'after', got {order!r}")
+def easyinv(eps: EpsFn, z0: Tensor, sched: Schedule, *, eta: UnitInterval = 0.5, s: UnitInterval = 0.05,
+            l: UnitInterval = 0.2, order: Literal["notebook", "after"] = "notebook",  # noqa: E741
+            callback: Callback = None, disable: bool = True) -> Tensor:
     n = sched.num_steps
     z, base = z0, z0
     for i in levels(sched, disable=disable, desc="easyinv"):

@@ -16,21 +16,22 @@ level is ``sigma = 1`` (rectified flows) the chains stop one level below it (``e
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor
 
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, exact_top, levels
+from .params import Bounds
 
 
-def _check(p: float) -> None:
-    if not 0 < p <= 1:
-        raise ValueError(f"edict needs 0 < p <= 1, got {p}")
+# the mixing weight: p = 0 would divide by zero in the inversion
+MixingWeight = Annotated[float, Bounds(0.0, 1.0, low_open=True)]
 
 
-def edict(eps: EpsFn, z0: Tensor, sched: Schedule, *, p: float = 0.93, leapfrog: bool = True,
+def edict(eps: EpsFn, z0: Tensor, sched: Schedule, *, p: MixingWeight = 0.93, leapfrog: bool = True,
           callback: Callback = None, disable: bool = True) -> tuple[Tensor, Tensor]:
-    _check(p)
     x, y = z0, z0
     for i in levels(sched, top=exact_top(sched, "edict"), disable=disable, desc="edict"):
         y_int = (y - (1 - p) * x) / p
@@ -45,9 +46,8 @@ def edict(eps: EpsFn, z0: Tensor, sched: Schedule, *, p: float = 0.93, leapfrog:
     return x, y
 
 
-def edict_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, *, p: float = 0.93,
+def edict_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, *, p: MixingWeight = 0.93,
                       leapfrog: bool = True, callback: Callback = None, disable: bool = True) -> Tensor:
-    _check(p)
     x, y = state
     for i in levels(sched, reverse=True, top=exact_top(sched, "edict"), disable=disable, desc="edict"):
         first, second = (y, x) if leapfrog and i % 2 else (x, y)

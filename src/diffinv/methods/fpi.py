@@ -13,12 +13,11 @@ from torch import Tensor
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
+from .params import PositiveInt
 
 
-def fpi(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: int = 3, callback: Callback = None,
+def fpi(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: PositiveInt = 3, callback: Callback = None,
         disable: bool = True) -> Tensor:
-    if K < 1:
-        raise ValueError(f"fpi needs K >= 1, got {K}")
     z = z0
     for i in levels(sched, disable=disable, desc="fpi"):
         u = z

@@ -39,6 +39,7 @@ from torch import Tensor
 from ..algebra import transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
+from .params import NonNegativeFloat, NonNegativeInt
 
 KL_EPSILON = 1e-6
 KL_CLIP = 100.0
@@ -468,12 +469,12 @@ def regularize_noise(e: Tensor, reference: Tensor, generator: torch.Generator, *
     return regularizer(e[None], reference[None])[0]
 
 
-def renoise(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: int = 1, max_first: int = 5, first_timestep: int = 250,
-            first_range: tuple[int, int] = (0, 5), step_range: tuple[int, int] = (8, 10), average: bool = True,
-            lambda_kl: float = 0.065, lambda_ac: float = 20.0, reg_steps: int = 4, ac_rolls: int = 5,
-            nan_guard: bool = False, seed: int = 0, callback: Callback = None, disable: bool = True) -> Tensor:
-    if K < 0 or reg_steps < 0:
-        raise ValueError(f"renoise needs K >= 0 and reg_steps >= 0, got K={K}, reg_steps={reg_steps}")
+def renoise(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: NonNegativeInt = 1, max_first: NonNegativeInt = 5,
+            first_timestep: NonNegativeInt = 250, first_range: tuple[NonNegativeInt, NonNegativeInt] = (0, 5),
+            step_range: tuple[NonNegativeInt, NonNegativeInt] = (8, 10), average: bool = True,
+            lambda_kl: NonNegativeFloat = 0.065, lambda_ac: NonNegativeFloat = 20.0, reg_steps: NonNegativeInt = 4,
+            ac_rolls: NonNegativeInt = 5, nan_guard: bool = False, seed: int = 0, callback: Callback = None,
+            disable: bool = True) -> Tensor:
     if reg_steps > 0 and z0.ndim != 4:
         raise ValueError(f"renoise's noise regulariser needs image latents (B, C, H, W), got shape "
                          f"{tuple(z0.shape)}; use reg_steps=0")

@@ -139,3 +139,28 @@ def test_conversions_keep_what_the_file_means(shard):
 def test_a_strict_manifest_read_still_refuses_bad_rows(shard, tmp_path):
     with pytest.raises(ValueError, match=r"line 15: duplicate id 'good_png'"):
         read_manifest(tmp_path / "manifest.csv")
+
+
+def test_an_id_that_is_a_path_is_one_error_row_and_writes_nothing_outside(tmp_path):
+    """Ids name files (<id>.png): one that is not a name is refused as a manifest row, so no reconstruction,
+    checkpoint or latent of it is written anywhere, inside or outside the results."""
+    work = tmp_path / "a" / "b"
+    folder = work / "images"
+    folder.mkdir(parents=True)
+    (folder / "good.png").write_bytes(FILES["good.png"]())
+    path = work / "manifest.csv"
+    path.write_bytes(b"".join([",".join(MANIFEST_COLUMNS).encode() + b"\n", manifest_line("ok", "good.png"),
+                               manifest_line("../../x", "good.png"), manifest_line("sub/y", "good.png"),
+                               manifest_line(".hidden", "good.png")]))
+    with pytest.raises(ValueError, match=r"line 3: id '\.\./\.\./x' is not a name"):
+        read_manifest(path)
+    items = [{**row, "index": i} for i, row in enumerate(read_manifest(path, strict=False))]
+    before = {p for p in tmp_path.rglob("*")}
+    rows = shard_rows(patch_model(), Run("ddim", "ddim", {}, 3, 1.0, 1.0), items, images_dir=folder,
+                      resolution=RESOLUTION, dataset="t", qualitative=10, save_latents=True,
+                      recon_dir=work / "recon", checkpoint=work / "partial")
+    assert [r["status"] == "ok" for r in rows] == [True, False, False, False]
+    assert all("is not a name" in r["status"] for r in rows[1:])
+    made = {p.relative_to(work).as_posix() for p in tmp_path.rglob("*") if p not in before and p.is_file()}
+    assert made == {"recon/ok.png", "recon/ok.safetensors", *(f"partial/{k:06d}.json" for k in range(4)),
+                    "partial/ok.png", "partial/ok.safetensors"}

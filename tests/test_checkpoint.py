@@ -45,9 +45,9 @@ def items(folder: Path) -> list[dict]:
     return out
 
 
-def shard(folder: Path, checkpoint: Path | None, recon: Path, m=None, batch_size: int = 2) -> list[dict]:
-    return shard_rows(m or model(), RUN, items(folder), images_dir=folder, resolution=16, dataset="t",
-                     qualitative=5, recon_dir=recon, checkpoint=checkpoint, batch_size=batch_size)
+def shard(folder: Path, checkpoint: Path | None, recon: Path, m=None, batch_size: int = 2, manifest=None) -> list[dict]:
+    return shard_rows(m or model(), RUN, manifest or items(folder), images_dir=folder, resolution=16, dataset="t",
+                      qualitative=5, recon_dir=recon, checkpoint=checkpoint, batch_size=batch_size)
 
 
 def child(folder: str, checkpoint: str, recon: str) -> None:
@@ -117,3 +117,42 @@ def test_a_checkpoint_written_under_another_dtype_prompt_or_code_is_discarded(tm
     shard_rows(again, RUN, items(folder), images_dir=folder, resolution=16, dataset="t", checkpoint=partial,
                prompt="empty" if change == "prompt" else "caption", code="edited" if change == "code" else "")
     assert again.nfe == 0
+
+
+@pytest.mark.parametrize("change", ["image", "caption", "crop"])
+def test_a_saved_row_is_reused_only_for_the_same_image_and_manifest_row(tmp_path, change):
+    """The checkpoint's key covers each image's bytes and every field of its manifest row: change one
+    image (or its caption, or its crop box) and that image alone is recomputed."""
+    folder, partial = tmp_path / "images", tmp_path / "partial"
+    folder.mkdir()
+    shard(folder, partial, tmp_path / "a")
+    changed = items(folder)
+    if change == "image":
+        Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(folder / "2.png")
+    elif change == "caption":
+        changed[2]["caption"] = "another caption"
+    else:
+        changed[2]["crop"] = "0 0 8 8"
+    m = model()
+    rows = shard(folder, partial, tmp_path / "b", m, manifest=changed)
+    per_image = rows[0]["nfe_inversion"] + rows[0]["nfe_reconstruction"]
+    assert m.nfe == per_image + 1  # image 2 only (+ the warm-up call)
+    fresh = shard(folder, None, tmp_path / "c", manifest=changed)
+    assert comparable(rows) == comparable(fresh)
+    assert (tmp_path / "b" / "im2.png").read_bytes() == (tmp_path / "c" / "im2.png").read_bytes()
+
+
+def test_an_unreadable_checkpoint_is_discarded_with_a_warning_naming_it(tmp_path, caplog):
+    folder, partial = tmp_path / "images", tmp_path / "partial"
+    folder.mkdir()
+    shard(folder, partial, tmp_path / "a")
+    (partial / "000001.json").write_text('{"key": "trunca')
+    (partial / "000003.json").write_bytes(b"\xff\xfe not json")
+    m = model()
+    with caplog.at_level("WARNING", logger="diffinv.runs"):
+        rows = shard(folder, partial, tmp_path / "b", m, batch_size=1)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("unreadable checkpoint" in w for w in warned)
+    assert str(partial / "000001.json") in warned[0] and str(partial / "000003.json") in warned[1]
+    per_image = rows[0]["nfe_inversion"] + rows[0]["nfe_reconstruction"]
+    assert m.nfe == 2 * per_image + 1 and all(r["status"] == "ok" for r in rows)

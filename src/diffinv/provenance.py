@@ -24,7 +24,14 @@ from typing import Iterable
 import numpy as np
 
 PACKAGE = Path(__file__).resolve().parent
-VERSIONED = ("torch", "diffusers", "transformers", "lpips")
+# Every library whose version can change a number in a row: the networks and schedules (torch, diffusers,
+# transformers), LPIPS, the image decoding and resizing (pillow), SSIM (scikit-image, on scipy), the arrays.
+VERSIONED = ("torch", "diffusers", "transformers", "lpips", "pillow", "scikit-image", "scipy", "numpy")
+
+
+def version_column(package: str) -> str:
+    """The row column of a package's version: ``scikit-image`` -> ``scikit_image_version``."""
+    return f"{package.replace('-', '_')}_version"
 
 
 # ---------------------------------------------------------------- code fingerprints
@@ -168,9 +175,9 @@ def library_versions() -> dict[str, str]:
     out = {}
     for name in VERSIONED:
         try:
-            out[f"{name}_version"] = metadata.version(name)
+            out[version_column(name)] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[f"{name}_version"] = "absent"
+            out[version_column(name)] = "absent"
     out["torch_version"] = torch.__version__  # with its build, e.g. +cu130 or +cpu
     return out
 

@@ -8,6 +8,7 @@ or a method that diverges becomes an error row; the shard goes on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,19 +21,21 @@ from torch import Tensor
 
 from .api import invert
 from .config import ErrorStatsJob, InvertJob, ModelSpec
+from .data.captions import ID_PATTERN, inside
 from .images import load_image, save_image
 from .models.base import DiffusionModel
-from .provenance import library_versions
+from .provenance import VERSIONED, library_versions, version_column
 from .roundtrip import Peak, Perceptual, encode, round_trip
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 IMAGE_METRICS = ("mse", "psnr", "ssim")
+ARTEFACT_SUFFIXES = (".png", ".safetensors")  # what a shard keeps of an image beside its row
 # Where a row came from: the code fingerprint the workflow passed, the libraries that computed it, the
 # weights, and the dtype and device the model actually ran in.
-PROVENANCE = ("code", "torch_version", "diffusers_version", "transformers_version", "lpips_version", "model",
-              "weights_sha256", "dtype", "latent_dtype", "device")
+PROVENANCE = ("code", *(version_column(p) for p in VERSIONED), "model", "weights_sha256", "dtype", "latent_dtype",
+              "device")
 
 
 def row_columns(lpips_nets: Sequence[str]) -> list[str]:
@@ -81,11 +84,26 @@ def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sh
             "dtype": dtype, "latent_dtype": latent_dtype, "device": device}
 
 
+def item_fingerprint(item: dict[str, Any], images_dir: str | Path) -> str:
+    """Everything of a manifest item that can reach its row: every field of its manifest row (id, file,
+    caption, crop, status, ...) and the bytes of its image file (``absent`` when there is none)."""
+    from .download import file_digest
+
+    try:
+        path = inside(images_dir, item.get("file", ""))
+        image = file_digest(path) if path.is_file() else "absent"
+    except ValueError:
+        image = "unsafe path"
+    fields = {k: v for k, v in item.items()}
+    return hashlib.sha256(json.dumps({"item": fields, "image": image}, sort_keys=True).encode()).hexdigest()
+
+
 class Checkpoint:
     """The finished images of an interrupted shard: one JSON row per image, written atomically after
-    its PNG and latents, kept in a folder the workflow does not delete when a job dies. Rows are
-    keyed by manifest index and id and reused only under the same ``key`` (the job's signature and the
-    row's provenance: code, libraries, weights, dtype, device); a row saved under another is discarded."""
+    its PNG and latents, kept in a folder the workflow does not delete when a job dies. A row is reused
+    only if it was made under the same ``key`` (the job's signature and the row's provenance: code,
+    libraries, weights, dtype, device) from the same item (:func:`item_fingerprint`: its manifest row and
+    image bytes); any other is discarded, as is a file that cannot be read (with a warning naming it)."""
 
     def __init__(self, folder: str | Path, key: str) -> None:
         self.folder = Path(folder)
@@ -95,21 +113,34 @@ class Checkpoint:
     def _path(self, item: dict[str, Any]) -> Path:
         return self.folder / f"{int(item['index']):06d}.json"
 
-    def load(self, item: dict[str, Any]) -> dict[str, Any] | None:
+    def load(self, item: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
         path = self._path(item)
         if not path.is_file():
             return None
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") != self.key or saved["row"]["id"] != item["id"]:
-            log.info("%s: saved under other settings or code; recomputed", path.name)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            key, made_from, row = saved["key"], saved["item"], saved["row"]
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError("no row")
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("%s: unreadable checkpoint (%s); discarded, its image is recomputed", path, exc)
             return None
-        return saved["row"]
+        if key != self.key or made_from != fingerprint or row["id"] != item["id"]:
+            log.info("%s: saved under other settings, code or input; recomputed", path.name)
+            return None
+        return row
 
-    def save(self, item: dict[str, Any], row: dict[str, Any]) -> None:
+    def save(self, item: dict[str, Any], row: dict[str, Any], fingerprint: str) -> None:
         from .download import atomic_write_text
 
         # json keeps NaN and every float's exact repr, so a resumed row equals the one computed
-        atomic_write_text(self._path(item), json.dumps({"key": self.key, "row": row}))
+        atomic_write_text(self._path(item), json.dumps({"key": self.key, "item": fingerprint, "row": row}))
+
+    def discard_files(self, item: dict[str, Any]) -> None:
+        """Remove what an earlier attempt saved for ``item``: a row recomputed must not keep an old PNG."""
+        self._path(item).unlink(missing_ok=True)
+        for suffix in ARTEFACT_SUFFIXES:
+            inside(self.folder, f"{item['id']}{suffix}").unlink(missing_ok=True)
 
 
 def run_shard(model: DiffusionModel, job: InvertJob, items: Iterable[dict[str, Any]], *, images_dir: str | Path,
@@ -143,12 +174,15 @@ def run_shard(model: DiffusionModel, job: InvertJob, items: Iterable[dict[str, A
         saved = Checkpoint(checkpoint, json.dumps({"job": job.signature, "origin": provenance}, sort_keys=True))
     artefacts = saved.folder if saved is not None else recon_dir  # files go with their row
     items = list(items)
+    fingerprints = [item_fingerprint(item, images_dir) for item in items]
     rows: list[dict[str, Any] | None] = [None] * len(items)
     pending = []
     for position, item in enumerate(items):
-        previous = saved.load(item) if saved is not None else None
+        previous = saved.load(item, fingerprints[position]) if saved is not None else None
         if previous is None:
             pending.append(position)
+            if saved is not None and ID_PATTERN.fullmatch(item["id"]):
+                saved.discard_files(item)
         else:
             rows[position] = previous
             log.info("%s %s: resumed (%s)", job.run.name, item["id"], previous["status"])
@@ -164,7 +198,7 @@ def run_shard(model: DiffusionModel, job: InvertJob, items: Iterable[dict[str, A
                        **job.run.as_dict(), **outcome, **provenance)
             rows[position] = row
             if saved is not None:
-                saved.save(item, row)
+                saved.save(item, row, fingerprints[position])
             log.info("%s %s: %s", job.run.name, item["id"], row["status"] if row["status"] != "ok" else
                      f"psnr {row['psnr']:.2f} nfe {row['nfe_inversion']}")
         warmed = warmed or any(o["status"] == "ok" for o in outcomes)
@@ -173,10 +207,12 @@ def run_shard(model: DiffusionModel, job: InvertJob, items: Iterable[dict[str, A
 
         Path(recon_dir).mkdir(parents=True, exist_ok=True)
         for row in rows:
-            for suffix in (".png", ".safetensors"):
-                source = saved.folder / f"{row['id']}{suffix}"
+            if row["status"] != "ok":
+                continue
+            for suffix in ARTEFACT_SUFFIXES:
+                source = inside(saved.folder, f"{row['id']}{suffix}")
                 if source.is_file():
-                    shutil.copyfile(source, Path(recon_dir) / source.name)
+                    shutil.copyfile(source, inside(recon_dir, source.name))
     return rows
 
 
@@ -187,7 +223,7 @@ def _prepare(model: DiffusionModel, item: dict[str, Any], images_dir: str | Path
         raise ValueError(f"bad manifest row ({item['manifest_error']}); not read")
     if item.get("status", "ok") != "ok":
         raise ValueError(f"not acquired ({item['status']})")
-    image = load_image(Path(images_dir) / item["file"], size=resolution)
+    image = load_image(inside(images_dir, item["file"]), size=resolution)
     caption = item.get("caption") or ""
     if prompt == "caption" and not caption.strip():
         raise ValueError("empty caption (prompt: caption)")
@@ -234,11 +270,11 @@ def _invert_group(model: DiffusionModel, job: InvertJob, items: Sequence[dict[st
         if outcome["status"] != "ok":
             log.error("%s %s: %s", job.run.name, item["id"], outcome["status"])
         if recon is not None and files is not None and int(item["index"]) < job.qualitative:
-            save_image(recon, Path(files) / f"{item['id']}.png")
+            save_image(recon, inside(files, f"{item['id']}.png"))
         if latents is not None and files is not None and job.save_latents:
             from safetensors.torch import save_file
 
-            save_file(latents, str(Path(files) / f"{item['id']}.safetensors"))
+            save_file(latents, str(inside(files, f"{item['id']}.safetensors")))
         outcomes[j] = outcome
     return outcomes
 
@@ -249,13 +285,16 @@ def error_statistics(model: DiffusionModel, job: ErrorStatsJob, items: Sequence[
     image at a time; an unusable image is logged and skipped (its error row is in the invert results)."""
     from .stats import fixed_point_errors
 
-    run, rows = job.run, []
-    for item in items[: job.images]:
+    run, rows, used = job.run, [], 0
+    for item in items:
+        if used == job.images:
+            break
         try:
             _, text, z0 = _prepare(model, item, images_dir, job.model.resolution, job.prompt)
         except ValueError as exc:
             log.warning("%s %s skipped: %s", run.name, item["id"], exc)
             continue
+        used += 1
         result = invert(run.method, model, z0, text, num_steps=run.num_steps, guidance=run.guidance, trajectory=True,
                         **run.params)
         for r in fixed_point_errors(model, result, text, tol=job.tol, max_iter=job.max_iter):

@@ -23,6 +23,9 @@ import numpy as np
 from ..download import ChecksumError, DownloadError, Lockfile, atomic_write_text, fetch, file_digest
 
 MANIFEST_COLUMNS = ("id", "file", "url", "caption", "sha256", "status")
+# An image id is a name, never a path: it names files (<id>.png) and rows. Letters, digits, "_", "-" and
+# ".", starting with a letter or digit (so never "." or ".."), at most 128 characters.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _clean_caption(caption: str) -> str:
@@ -70,6 +73,15 @@ def _is_inside(relative: str) -> bool:
         and not PureWindowsPath(relative).drive
 
 
+def inside(folder: str | os.PathLike, relative: str) -> Path:
+    """``folder / relative``, refused (ValueError naming both) unless it stays inside ``folder`` once
+    resolved: every file the workflow reads or writes by a manifest's name goes through here."""
+    path = Path(folder) / relative
+    if not _is_inside(relative) or not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise ValueError(f"{relative!r} would leave the folder {folder}")
+    return path
+
+
 def write_manifest(rows: Iterable[dict], path: str | os.PathLike, *, extra: Sequence[str] = ()) -> None:
     """Write rows with exactly :data:`MANIFEST_COLUMNS`, then the ``extra`` columns (e.g. the photos
     manifest's ``crop``), as UTF-8 CSV (LF line ends), atomically."""
@@ -87,8 +99,8 @@ def write_manifest(rows: Iterable[dict], path: str | os.PathLike, *, extra: Sequ
 
 def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> list[dict]:
     """Read a manifest written by :func:`write_manifest`, checking its columns, that ids are
-    non-empty and unique, that every ``file`` stays inside the data folder (relative, no ``..``) and
-    that the text is UTF-8. An empty caption is kept as ``""``: whether that is acceptable is the
+    names (:data:`ID_PATTERN`) and unique, that every ``file`` stays inside the data folder (relative,
+    no ``..``) and that the text is UTF-8. An empty caption is kept as ``""``: whether that is acceptable is the
     caller's decision.
 
     A bad row raises, naming the file and line; with ``strict=False`` it is kept instead, its reason
@@ -112,6 +124,9 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> list[dict]
             problem = "not valid UTF-8"
         elif not values["id"]:
             problem = "empty id"
+        elif not ID_PATTERN.fullmatch(values["id"]):
+            problem = (f"id {values['id']!r} is not a name: use letters, digits, '_', '-' and '.', starting with a "
+                       "letter or digit, at most 128 characters (ids name files)")
         elif values["id"] in seen:
             problem = f"duplicate id {values['id']!r} (first on line {seen[values['id']]})"
         elif not _is_inside(values["file"]):
@@ -128,13 +143,29 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> list[dict]
     return rows
 
 
+def _link(source: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``source`` (a copy where links cannot be made), replacing any old file."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
 def _undecodable(text: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def fetch_images(rows: Iterable[dict], folder: str | os.PathLike, lock: Lockfile, *, retries: int = 3,
-                 timeout: float = 60.0) -> list[dict]:
+                 timeout: float = 60.0, cache: str | os.PathLike | None = None) -> list[dict]:
     """Download each row's ``url`` to ``folder/<file_name>`` and return manifest rows.
+
+    With ``cache``, the download goes to ``cache/<file_name>`` (a store shared by every preset, which
+    only ever adds verified files) and ``folder`` gets a hard link to it (a copy across file systems),
+    so a preset's images are its own and another preset's acquisition never removes them.
 
     Digests are trusted on first use: a file's SHA-256 is recorded in ``lock`` (keyed by
     ``file_name``) and every later download must match, otherwise :class:`ChecksumError` stops the run.
@@ -152,7 +183,8 @@ def fetch_images(rows: Iterable[dict], folder: str | os.PathLike, lock: Lockfile
             result = {"id": row["id"], "file": name, "url": row["url"], "caption": row["caption"], "sha256": ""}
             expected = lock.expected(name)
             try:
-                dest = fetch(row["url"], folder / name, sha256=expected, retries=retries, timeout=timeout)
+                dest = fetch(row["url"], inside(cache or folder, name), sha256=expected, retries=retries,
+                             timeout=timeout)
             except ChecksumError as exc:
                 if expected is None:
                     raise
@@ -163,6 +195,8 @@ def fetch_images(rows: Iterable[dict], folder: str | os.PathLike, lock: Lockfile
                 continue
             digest = expected or file_digest(dest)  # fetch already verified `expected`
             lock.check_or_record(name, digest)
+            if cache is not None:
+                _link(dest, inside(folder, name))
             out.append(result | {"sha256": digest, "status": "ok"})
     finally:
         lock.save()

@@ -228,6 +228,7 @@ def export_photos(rows: list[dict], folder: str | Path) -> list[dict]:
     from PIL import Image
 
     from ..download import ChecksumError, file_digest
+    from .captions import inside
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,7 @@ def export_photos(rows: list[dict], folder: str | Path) -> list[dict]:
             raise ChecksumError(f"{source} (manifest id {row['id']}): sha256 expected {row['sha256']}, got {actual}")
         box = row.get("crop") or ""
         if not box:
-            shutil.copyfile(source, folder / row["file"])
+            shutil.copyfile(source, inside(folder, row["file"]))
         elif not row["file"].lower().endswith(".png"):
             raise ValueError(f"manifest id {row['id']}: a cropped image is written as PNG, not {row['file']!r}")
         else:
@@ -247,6 +248,6 @@ def export_photos(rows: list[dict], folder: str | Path) -> list[dict]:
                 pixels = crop(load_image(source), parse_box(box))
             except ValueError as exc:
                 raise ValueError(f"manifest id {row['id']} ({row['url']}): {exc}") from None
-            Image.fromarray(pixels).save(folder / row["file"])
+            Image.fromarray(pixels).save(inside(folder, row["file"]))
         out.append({**row, "crop": box})
     return out

@@ -34,15 +34,18 @@ rule fetch_nocaps_captions:
 
 
 rule acquire:
-    """The dataset's manifest (id, file, url, caption, sha256, status) and its images."""
+    """The dataset's manifest (id, file, url, caption, sha256, status) and its images, in this preset's own
+    folder: downloads go through a store shared by the presets (data/downloads/<dataset>/images), which
+    only ever gains verified files, so one preset's plan never removes another's images."""
     input:
         captions_input,
     output:
         manifest=f"{RESULTS}/data/{{dataset}}.csv",
-        images=directory("data/downloads/{dataset}/images"),
+        images=directory(f"{RESULTS}/data/{{dataset}}/images"),
     params:
         spec=lambda wc: DATASETS[wc.dataset],
         lock="data/manifests/{dataset}.lock.csv",
+        cache="data/downloads/{dataset}/images",
     log:
         f"logs/{config['preset']}/acquire/{{dataset}}.log",
     localrule: True
@@ -85,7 +88,7 @@ else:
             code=code("rules/scripts/fit_model.py"),
         log:
             f"logs/{config['preset']}/fit_model.log",
-        threads: 2
+        threads: 1  # the fit runs on one BLAS thread (diffinv.models.gmm.fit_gaussian_mixture)
         conda:
             "../envs/diffinv.yaml"
         script:

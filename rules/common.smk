@@ -7,6 +7,7 @@ from pathlib import Path
 # The library is installed into .venv by `make setup`; from a bare checkout use src/.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from diffinv.data.captions import read_manifest  # noqa: E402
 from diffinv.config import ErrorStatsJob, InvertJob, mixture_path, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
 from diffinv.provenance import code_fingerprint  # noqa: E402
 from diffinv.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
@@ -33,12 +34,21 @@ wildcard_constraints:
 
 
 def image_count(dataset):
-    """Images of a dataset: the committed manifest's rows for photos, the sampled count otherwise."""
+    """Images of a dataset: the committed manifest's rows for photos (read, and so checked: a bad id or file
+    stops the plan naming its line), the sampled count otherwise."""
     spec = DATASETS[dataset]
     if spec["source"] != "photos":
         return spec["count"]
-    with open(f"data/manifests/{dataset}.csv", newline="", encoding="utf-8") as f:
-        return sum(1 for _ in csv.DictReader(f))
+    return len(read_manifest(f"data/manifests/{dataset}.csv"))
+
+
+def images_dir(dataset):
+    """This preset's copy of a dataset's images, made by acquire: only its own jobs write there."""
+    return f"{RESULTS}/data/{dataset}/images"
+
+
+def preset_manifest(dataset):
+    return f"{RESULTS}/data/{dataset}.csv"
 
 
 def shards(dataset):

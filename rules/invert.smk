@@ -4,7 +4,8 @@
 rule invert:
     """Every image of a shard with one run: NFE, seconds, peak memory, status and metrics per image."""
     input:
-        unpack(lambda wc: {"manifest": f"{RESULTS}/data/{wc.dataset}.csv", "weights": model_weights()}),
+        unpack(lambda wc: {"manifest": preset_manifest(wc.dataset), "images": images_dir(wc.dataset),
+                           "weights": model_weights()}),
         unpack(lambda wc: {f"lpips_{net}": path for net, path in lpips_trunks().items()}),
     output:
         rows=f"{RESULTS}/runs/{{dataset}}/{{run}}/{{shard}}.csv",
@@ -15,7 +16,6 @@ rule invert:
         signature=lambda wc: invert_job(wc).signature,
         code=lambda wc: code("rules/scripts/invert.py", method=RUNS[wc.run].method),
         shard=lambda wc: shard_ranges(image_count(wc.dataset), config["shard_size"])[int(wc.shard)],
-        images="data/downloads/{dataset}/images",
         # finished images of an interrupted job; not an output, so a failed job does not delete it
         checkpoint=f"{RESULTS}/partial/{{dataset}}/{{run}}/{{shard}}",
     log:
@@ -32,9 +32,11 @@ rule invert:
 
 
 rule collect:
-    """Every per-image row in one table, a mean per (dataset, run), and the run settings."""
+    """Every per-image row in one table, a mean per (dataset, run), and the run settings; each shard's rows
+    are checked against its slice of the manifest first."""
     input:
-        shard_outputs,
+        shards=shard_outputs,
+        manifests=[preset_manifest(dataset) for dataset in DATASETS],
     output:
         rows=f"{RESULTS}/results.csv",
         summary=f"{RESULTS}/summary.csv",
@@ -42,6 +44,7 @@ rule collect:
     params:
         runs=RUNS,
         aliases=ALIASES,
+        shard_size=config["shard_size"],
         code=code("rules/scripts/collect.py"),
     log:
         f"logs/{config['preset']}/collect.log",

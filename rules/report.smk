@@ -52,16 +52,15 @@ rule qualitative_figures:
         notebook=notebook("qualitative"),
         rows=f"{RESULTS}/results.csv",
         runs=f"{RESULTS}/runs.csv",
-        manifests=[f"{RESULTS}/data/{dataset}.csv" for dataset in DATASETS],
-        images=[f"data/downloads/{dataset}/images" for dataset in DATASETS],
+        manifests=[preset_manifest(dataset) for dataset in DATASETS],
+        images=[images_dir(dataset) for dataset in DATASETS],
         recon=shown_recon,
     output:
         REPORT_OUTPUTS["qualitative"],
         **executed("qualitative"),
     params:
         code=notebook_code("qualitative"),
-        parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "downloads": "data/downloads",
-                    "datasets": list(DATASETS), "resolution": MODEL["resolution"], "images": REPORT["images"],
+        parameters={"results": RESULTS, "figures_dir": FIGURES_DIR, "datasets": list(DATASETS), "resolution": MODEL["resolution"], "images": REPORT["images"],
                     "qualitative_runs": REPORT["qualitative_runs"], "iteration_methods": REPORT["iteration_methods"],
                     "label": TABLE_LABEL},
     log:

@@ -4,7 +4,8 @@
 
 rule error_stats:
     input:
-        manifest=f"{RESULTS}/data/{{dataset}}.csv",
+        manifest=preset_manifest("{dataset}"),
+        images=images_dir("{dataset}"),
         weights=model_weights(),
     output:
         f"{RESULTS}/error_stats/{{dataset}}/{{run}}.csv",
@@ -12,7 +13,6 @@ rule error_stats:
         run=lambda wc: RUNS[wc.run],
         signature=lambda wc: error_stats_job(wc).signature,
         code=lambda wc: code("rules/scripts/error_stats.py", method=RUNS[wc.run].method),
-        images="data/downloads/{dataset}/images",
     log:
         f"logs/{config['preset']}/error_stats/{{dataset}}/{{run}}.log",
     threads: 1

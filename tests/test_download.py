@@ -187,3 +187,23 @@ def test_network_guard_refuses_remote_hosts(loopback_only, tmp_path):
     with pytest.raises(DownloadError, match="huggingface.co"):
         fetch("https://huggingface.co/x.bin", tmp_path / "x.bin", retries=2, backoff=0)
     assert loopback_only == ["huggingface.co", "huggingface.co"]
+
+
+def test_two_lockfiles_saving_one_file_keep_both_records_and_refuse_a_conflict(tmp_path):
+    """Two presets acquiring one dataset at once each hold the lock file in memory: saving merges what the
+    other saved meanwhile instead of dropping it, and a name recorded with two digests stops the second."""
+    from diffinv.download import ChecksumError, Lockfile
+
+    path = tmp_path / "images.lock.csv"
+    first, second = Lockfile(path), Lockfile(path)
+    first.check_or_record("a.jpg", "a" * 64)
+    second.check_or_record("b.jpg", "b" * 64)
+    first.save()
+    second.save()
+    assert Lockfile(path).entries == {"a.jpg": "a" * 64, "b.jpg": "b" * 64}
+    third = Lockfile(tmp_path / "other.lock.csv")
+    third.path = path  # read before the records above existed
+    third.entries = {"a.jpg": "c" * 64}
+    with pytest.raises(ChecksumError, match="a.jpg"):
+        third.save()
+    assert Lockfile(path).entries["a.jpg"] == "a" * 64

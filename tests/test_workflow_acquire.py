@@ -86,8 +86,9 @@ def test_acquisition_rules_fetch_verify_and_record(served):
     assert len(coco) == 2 and (coco["status"] == "ok").all()
     assert coco["caption"].str.endswith("caption 1").all()  # the first caption of each image
     for row in coco.itertuples():
-        data = (work / "data/downloads/coco/images" / row.file).read_bytes()
+        data = (work / "results/acq/data/coco/images" / row.file).read_bytes()  # the preset's own copy
         assert hashlib.sha256(data).hexdigest() == row.sha256
+        assert (work / "data/downloads/coco/images" / row.file).read_bytes() == data  # and the shared store's
     nocaps = pd.read_csv(work / "results/acq/data/nocaps.csv", dtype=str).set_index("id")
     assert nocaps.loc["9", "status"].startswith("error:") and "404" in nocaps.loc["9", "status"]
     assert (nocaps.drop("9")["status"] == "ok").all()

@@ -17,7 +17,7 @@ if spec["source"] == "photos":  # each row a packaged file and a crop box in its
     rows, extra = export_photos(read_manifest(snakemake.input[0]), images), PHOTO_COLUMNS
 else:
     selected = select_images(Path(snakemake.input[0]), spec["count"], spec["seed"])
-    rows = fetch_images(selected, images, Lockfile(snakemake.params.lock))
+    rows = fetch_images(selected, images, Lockfile(snakemake.params.lock), cache=snakemake.params.cache)
 write_manifest(rows, snakemake.output.manifest, extra=extra)
 failed = [r for r in rows if r["status"] != "ok"]
 logging.info("%d images, %d not acquired: %s", len(rows), len(failed), [(r["id"], r["status"]) for r in failed])

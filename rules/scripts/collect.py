@@ -1,16 +1,28 @@
-"""All shard rows in one table, per-(dataset, run) means with 95% confidence intervals, run settings."""
+"""All shard rows in one table, per-(dataset, run) means with 95% confidence intervals, run settings.
+
+Each shard is checked against its slice of the manifest (``diffinv.results.read_shard``) before anything
+is averaged, so a shard cut short or made from another manifest stops here, named, instead of changing a mean.
+"""
 from _job import start
 
 start(snakemake)
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 
-from diffinv.results import run_table, summarize
+from diffinv.config import shard_ranges
+from diffinv.data.captions import read_manifest
+from diffinv.results import read_shard, run_table, summarize
 
-rows = pd.concat([pd.read_csv(path, keep_default_na=False, na_values=["nan"]) for path in snakemake.input],
-                 ignore_index=True)
+ids = {Path(path).stem: [row["id"] for row in read_manifest(path, strict=False)] for path in snakemake.input.manifests}
+shards = []
+for path in snakemake.input.shards:
+    dataset, run, shard = Path(path).parts[-3:]
+    first, stop = shard_ranges(len(ids[dataset]), snakemake.params.shard_size)[int(Path(shard).stem)]
+    shards.append(read_shard(path, ids[dataset][first:stop], run, dataset))
+rows = pd.concat(shards, ignore_index=True)
 rows.to_csv(snakemake.output.rows, index=False, lineterminator="\n")
 summarize(rows).to_csv(snakemake.output.summary, index=False, lineterminator="\n")
 run_table(snakemake.params.runs, snakemake.params.aliases, snakemake.config["model"]).to_csv(

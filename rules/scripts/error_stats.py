@@ -14,7 +14,7 @@ job = ErrorStatsJob.from_config(snakemake.config, snakemake.params.run, snakemak
 check_signature(job, snakemake)
 model = load_model(job.model, snakemake.input.weights)
 items = read_manifest(snakemake.input.manifest, strict=False)
-frame = pd.DataFrame(error_statistics(model, job, items, images_dir=snakemake.params.images))
+frame = pd.DataFrame(error_statistics(model, job, items, images_dir=snakemake.input.images))
 frame.insert(0, "dataset", job.dataset)
 frame["code"] = snakemake.params.code
 frame.to_csv(snakemake.output[0], index=False, lineterminator="\n")

@@ -4,11 +4,13 @@ from _job import check_signature, start
 start(snakemake, offline=True)
 
 import csv
+import io
 import shutil
 from pathlib import Path
 
 from diffinv.config import InvertJob
 from diffinv.data.captions import read_manifest
+from diffinv.download import atomic_write_text
 from diffinv.provenance import weights_digest
 from diffinv.runs import load_model, row_columns, run_shard
 
@@ -27,11 +29,12 @@ manifest = read_manifest(snakemake.input.manifest, strict=False)  # a bad row is
 items = [{**row, "index": i} for i, row in enumerate(manifest)][first:stop]
 recon = Path(snakemake.output.recon)
 recon.mkdir(parents=True, exist_ok=True)
-rows = run_shard(model, job, items, images_dir=snakemake.params.images, perceptual=perceptual, recon_dir=recon,
+rows = run_shard(model, job, items, images_dir=snakemake.input.images, perceptual=perceptual, recon_dir=recon,
                  checkpoint=snakemake.params.checkpoint, code=snakemake.params.code,
                  weights_sha256=weights_digest(snakemake.input.weights))
-with open(snakemake.output.rows, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=row_columns(job.lpips), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+text = io.StringIO()
+writer = csv.DictWriter(text, fieldnames=row_columns(job.lpips), lineterminator="\n")
+writer.writeheader()
+writer.writerows(rows)
+atomic_write_text(snakemake.output.rows, text.getvalue())  # never a half-written shard
 shutil.rmtree(snakemake.params.checkpoint)  # the rows are written: the checkpoint has served its purpose

@@ -126,8 +126,9 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, md5: 
           opener: urllib.request.OpenerDirector | None = None) -> Path:
     """Download ``url`` to ``dest`` and verify the given digests; return ``dest``.
 
-    The body is streamed into ``dest + ".part"`` and moved into place with ``os.replace`` only after
-    it verified, so ``dest`` never exists half-written. ``timeout`` applies to each socket read, so a
+    The body is streamed into a temporary file beside ``dest`` (its own name, so two processes fetching
+    the same file do not share it) and moved into place with ``os.replace`` only after it verified, so
+    ``dest`` never exists half-written. ``timeout`` applies to each socket read, so a
     server that stalls fails instead of hanging. A digest mismatch, HTTP error, network error,
     timeout or truncated body is retried (``retries`` attempts in all, sleeping ``backoff * 2**k``
     between them); HTTP 404/410 are permanent and fail at once. An existing ``dest`` matching every
@@ -147,7 +148,9 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, md5: 
             return dest
         dest.unlink()  # known bad: do not leave it where a later reader might trust it
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_suffix(dest.suffix + ".part")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    part = Path(name)
     opener = opener or urllib.request.build_opener()
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     failure: ChecksumError | None = None
@@ -184,14 +187,18 @@ class Lockfile:
     """Trust-on-first-use SHA-256 records: a CSV ``name,sha256`` sorted by name.
 
     The first download of a name records its digest; every later one must match it, so a file that
-    changes on the server (or on disk) is caught. Call :meth:`save` to persist new entries.
+    changes on the server (or on disk) is caught. Call :meth:`save` to persist new entries: it merges
+    them with what another process (another preset acquiring the same dataset) saved meanwhile.
     """
 
     COLUMNS = ("name", "sha256")
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.entries: dict[str, str] = {}
+        self.entries: dict[str, str] = self._read()
+
+    def _read(self) -> dict[str, str]:
+        entries: dict[str, str] = {}
         if self.path.exists():
             with self.path.open(newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
@@ -200,11 +207,12 @@ class Lockfile:
                                      f"got {reader.fieldnames}")
                 for row in reader:
                     name, digest = row["name"], row["sha256"]
-                    if name in self.entries:
+                    if name in entries:
                         raise ValueError(f"{self.path}, line {reader.line_num}: duplicate entry {name!r}")
                     if not _HEX["sha256"].fullmatch(digest or ""):
                         raise ValueError(f"{self.path}, line {reader.line_num}: bad sha256 {digest!r}")
-                    self.entries[name] = digest
+                    entries[name] = digest
+        return entries
 
     def expected(self, name: str) -> str | None:
         return self.entries.get(name)
@@ -220,11 +228,20 @@ class Lockfile:
         self.entries[name] = digest
 
     def save(self) -> None:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.COLUMNS)
-        writer.writerows(sorted(self.entries.items()))
-        atomic_write_text(self.path, out.getvalue())
+        """Write the entries, merged under an exclusive lock with those saved since this object read the
+        file; a name recorded there with another digest raises :class:`ChecksumError`."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.flock"), "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
+            for name, digest in self._read().items():
+                self.check_or_record(name, digest)
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(self.COLUMNS)
+            writer.writerows(sorted(self.entries.items()))
+            atomic_write_text(self.path, out.getvalue())
 
 
 def _refuse_outside(archive: Path, name: str, root: Path, path: Path, what: str = "member") -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import csv
+import io
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,31 @@ from .config import Run, nfe_estimate
 
 QUALITY = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "mse", "latent_mse")
 COST = ("nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction", "peak_mem_mb")
+
+
+def read_shard(path: str | Path, ids: Sequence[str], run: str, dataset: str) -> pd.DataFrame:
+    """A finished shard's rows, checked against what it must hold: ``ids`` (its slice of the manifest, in
+    order), one complete row each, all of ``run`` on ``dataset``. A file cut short, a row with fields
+    missing, or rows of other images raise ValueError naming the file: it must be made again."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    remedy = "delete it and rerun the workflow to make it again"
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if not text.endswith("\n") or not records:
+        raise ValueError(f"{path}: cut short (no final line end); {remedy}")
+    header = records[0]
+    short = [n + 2 for n, record in enumerate(records[1:]) if len(record) != len(header)]
+    if short:
+        raise ValueError(f"{path}: line {short[0]} has not the header's {len(header)} fields; {remedy}")
+    rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["nan"], dtype={"id": str})
+    found = list(rows["id"]) if "id" in rows else []
+    if found != list(ids):
+        missing, extra = sorted(set(ids) - set(found)), sorted(set(found) - set(ids))
+        raise ValueError(f"{path}: {len(found)} rows for the {len(ids)} images of its slice of the manifest "
+                         f"(missing {missing[:5]}, not in the slice {extra[:5]}); {remedy}")
+    if not ((rows["run"] == run).all() and (rows["dataset"] == dataset).all()):
+        raise ValueError(f"{path}: rows of another run or dataset than {run!r} on {dataset!r}; {remedy}")
+    return rows
 
 
 def mean_ci(values: pd.Series, level: float = 0.95) -> tuple[float, float]:

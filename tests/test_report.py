@@ -117,8 +117,9 @@ def saved(tmp_path):
             path = tmp_path / "recon" / "photos" / run / shard / f"{image_id}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(255 - image).save(path)
-    rows = pd.DataFrame([{"dataset": "photos", "run": r, "id": i, "psnr": p}
-                         for r, p in (("ddim", 20.0), ("fpi-K2", 25.0), ("ife", math.inf)) for i in images])
+    rows = pd.DataFrame([{"dataset": "photos", "run": r, "id": i, "psnr": p, "status": "ok"}
+                         for r, p in (("ddim", 20.0), ("fpi-K2", 25.0), ("ife", math.inf), ("aidi_a", 30.0))
+                         for i in images])
     return tmp_path, images, rows
 
 
@@ -130,8 +131,23 @@ def test_grid_cells_read_each_runs_png_and_caption_its_psnr(saved):
     np.testing.assert_array_equal(cells[1][1], 255 - images["im1"])
     assert cells[0][2] is None
     assert captions[0] == ["", "20.0 dB", "", "exact (∞ dB)"]
+    # an ok row must have its PNG: a missing one is a workflow fault, not an error row to draw
     with pytest.raises(FileNotFoundError, match="no reconstruction of 'im0' for run 'aidi_a'"):
         report.grid_cells(results, rows, "photos", images, ["aidi_a"])
+    with pytest.raises(ValueError, match="0 rows of 'im0' for run 'renoise'"):
+        report.grid_cells(results, rows, "photos", images, ["renoise"])
+
+
+def test_an_error_row_is_a_failed_cell_with_its_reason_and_the_figure_draws(saved):
+    from diffinv.figures import FailedCell, image_grid
+
+    results, images, rows = saved
+    rows.loc[(rows["run"] == "aidi_a") & (rows["id"] == "im0"), "status"] = "error: non-finite reconstruction"
+    cells, captions = report.grid_cells(results, rows, "photos", dict(list(images.items())[:1]), ["ddim", "aidi_a"])
+    assert cells[0][2] == FailedCell("non-finite reconstruction")
+    assert captions[0][2] == "failed: non-finite reconstruction"
+    figure = image_grid(cells, column_titles=["original", "DDIM", "AIDI-A"], captions=captions)
+    assert "failed" in [t.get_text() for t in figure.axes[2].texts]
 
 
 def test_iteration_grid_lays_out_methods_by_k(saved):

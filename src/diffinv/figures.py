@@ -7,6 +7,7 @@ writes it as PNG and PDF with no timestamp, so rebuilding unchanged results chan
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -102,11 +103,18 @@ def error_histograms(stats: pd.DataFrame, runs: Sequence[str], *, label: str = "
 
 # ---------------------------------------------------------------- Figures 3 and 4
 
-def image_grid(cells: Sequence[Sequence[np.ndarray | None]], *, column_titles: Sequence[str] = (),
+@dataclass(frozen=True)
+class FailedCell:
+    """A grid cell whose image failed (an error row): drawn as a grey square saying so."""
+
+    reason: str
+
+
+def image_grid(cells: Sequence[Sequence[np.ndarray | FailedCell | None]], *, column_titles: Sequence[str] = (),
                row_titles: Sequence[str] = (), captions: Sequence[Sequence[str]] | None = None,
                label: str = "", size: float = 1.35) -> Figure:
-    """A grid of uint8 images (``None`` leaves a cell blank), titled by column and row, each cell with
-    an optional caption under it (e.g. its PSNR)."""
+    """A grid of uint8 images (``None`` leaves a cell blank, a :class:`FailedCell` is marked failed), titled
+    by column and row, each cell with an optional caption under it (e.g. its PSNR)."""
     theme()
     n_rows, n_cols = len(cells), max(len(r) for r in cells)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, (size + 0.25) * n_rows), squeeze=False)
@@ -119,7 +127,10 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], *, column_titles: S
             for spine in ax.spines.values():
                 spine.set_visible(False)
             image = row[c] if c < len(row) else None
-            if image is not None:
+            if isinstance(image, FailedCell):
+                ax.set_facecolor("0.85")
+                ax.text(0.5, 0.5, "failed", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            elif image is not None:
                 ax.imshow(image, interpolation="nearest")
             if captions is not None and c < len(captions[r]) and captions[r][c]:
                 ax.set_xlabel(captions[r][c], fontsize=7, labelpad=2)

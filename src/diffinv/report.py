@@ -24,7 +24,7 @@ from .images import load_image
 
 def recon_path(results: str | Path, dataset: str, run: str, image_id: str) -> Path:
     """The saved reconstruction of one image (the qualitative subset only), whatever its shard."""
-    found = sorted((Path(results) / "recon" / dataset / run).glob(f"*/{image_id}.png"))
+    found = sorted(p for p in (Path(results) / "recon" / dataset / run).glob("*/*.png") if p.stem == image_id)
     if not found:
         raise FileNotFoundError(f"no reconstruction of {image_id!r} for run {run!r} in "
                                 f"{Path(results) / 'recon' / dataset / run} (is it in the qualitative subset?)")
@@ -33,30 +33,45 @@ def recon_path(results: str | Path, dataset: str, run: str, image_id: str) -> Pa
 
 def originals(manifest: str | Path, images_dir: str | Path, resolution: int, count: int) -> dict[str, np.ndarray]:
     """The first ``count`` usable images of a manifest, cropped and resized as the runs saw them."""
+    from .data.captions import inside
+
     out: dict[str, np.ndarray] = {}
     for item in read_manifest(manifest, strict=False):
         if len(out) == count:
             break
         if item.get("status", "ok") == "ok" and not item.get("manifest_error"):
-            out[item["id"]] = load_image(Path(images_dir) / item["file"], size=resolution)
+            out[item["id"]] = load_image(inside(images_dir, item["file"]), size=resolution)
     return out
+
+
+def reconstruction_cell(results: str | Path, rows: pd.DataFrame, dataset: str, run: str,
+                        image_id: str) -> tuple[Any, str]:
+    """One run's cell for one image and its caption: the saved reconstruction and its PSNR, or, for an
+    error row, a :class:`~diffinv.figures.FailedCell` with the row's reason (a figure shows the failure
+    instead of failing). A row that is ``ok`` must have its reconstruction."""
+    from .figures import FailedCell
+
+    row = rows[(rows["dataset"] == dataset) & (rows["run"] == run) & (rows["id"].astype(str) == image_id)]
+    if len(row) != 1:
+        raise ValueError(f"{len(row)} rows of {image_id!r} for run {run!r} on {dataset!r} in results.csv, not one")
+    status = str(row["status"].iloc[0])
+    if status != "ok":
+        reason = status.removeprefix("error: ")
+        return FailedCell(reason), f"failed: {reason[:40]}"
+    return load_image(recon_path(results, dataset, run, image_id)), _psnr_text(float(row["psnr"].iloc[0]))
 
 
 def grid_cells(results: str | Path, rows: pd.DataFrame, dataset: str, images: dict[str, np.ndarray],
                runs: Sequence[str | None]) -> tuple[list[list[np.ndarray | None]], list[list[str]]]:
     """Per image: the original, then each run's reconstruction (``None`` leaves a blank cell); the
     caption under each reconstruction is that image's PSNR from ``results.csv``."""
-    psnr = rows[rows["dataset"] == dataset].set_index(["run", "id"])["psnr"]
     cells, captions = [], []
     for image_id, original in images.items():
         row, text = [original], [""]
         for run in runs:
-            if run is None:
-                row.append(None)
-                text.append("")
-                continue
-            row.append(load_image(recon_path(results, dataset, run, image_id)))
-            text.append(_psnr_text(psnr.get((run, image_id), float("nan"))))
+            cell, caption = (None, "") if run is None else reconstruction_cell(results, rows, dataset, run, image_id)
+            row.append(cell)
+            text.append(caption)
         cells.append(row)
         captions.append(text)
     return cells, captions
@@ -72,24 +87,25 @@ def iteration_grid(results: str | Path, rows: pd.DataFrame, sweep: pd.DataFrame,
     ks = sorted({int(k) for k in sweep["K"].dropna()})
     ife = sweep[sweep["method"] == "ife"]["run"].tolist()
     methods = [m for m in methods if (sweep["method"] == m).any()]
-    psnr = rows[rows["dataset"] == dataset].set_index(["run", "id"])["psnr"]
     cells, captions, row_titles = [], [], []
     for image_id, original in images.items():
         for index, method in enumerate(methods):
-            first: np.ndarray | None = None
+            first: Any = None
             first_caption = ""
             if index == 0:
                 first = original
                 first_caption = f"original ({image_id})"
             elif index == 1 and ife:
-                first = load_image(recon_path(results, dataset, ife[0], image_id))
-                first_caption = f"IFE ({ife[0]}): {_psnr_text(psnr.get((ife[0], image_id), float('nan')))}"
+                first, caption = reconstruction_cell(results, rows, dataset, ife[0], image_id)
+                first_caption = f"IFE ({ife[0]}): {caption}"
             row, text = [first], [first_caption]
             by_k = sweep[sweep["method"] == method].set_index("K")["run"]
             for k in ks:
                 run = by_k.get(k)
-                row.append(None if run is None else load_image(recon_path(results, dataset, run, image_id)))
-                text.append("" if run is None else _psnr_text(psnr.get((run, image_id), float("nan"))))
+                cell, caption = (None, "") if run is None else reconstruction_cell(results, rows, dataset, run,
+                                                                                  image_id)
+                row.append(cell)
+                text.append(caption)
             cells.append(row)
             captions.append(text)
             row_titles.append(name(method))

@@ -85,3 +85,25 @@ def test_kept_precisions_give_the_same_prediction_bit_for_bit():
         fresh = random_mixture()                        # nothing kept: computed from scratch
         assert torch.equal(fresh.forward(z, t, None), value)
     assert len(model._precision_cache) == PRECISION_CACHE_LEVELS
+
+
+def test_the_fit_runs_on_one_blas_thread_whatever_the_caller_allows(monkeypatch):
+    """EM's sums differ with 1 and 2 BLAS threads on the demo's fit (measured: other weights), so the fit
+    pins one thread: its result depends on the settings, not on the cores a job was given."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    fit = GaussianMixture.fit
+
+    def recording(self, X, y=None):
+        seen.append([(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()])
+        return fit(self, X, y)
+
+    monkeypatch.setattr(GaussianMixture, "fit", recording)
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(-1, 1, (16, 16, 3))]
+    with threadpool_limits(2):
+        fit_gaussian_mixture(images, patch_size=4, n_components=2, stride=4)
+    assert seen and "openblas" in {api for api, _ in seen[0]}
+    assert all(threads == 1 for _, threads in seen[0])

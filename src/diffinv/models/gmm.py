@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -196,8 +197,8 @@ class GaussianMixtureDenoiser(DiffusionModel):
                 saved = {"patch_size": meta["patch_size"], "scheduler_config": meta["scheduler_config"],
                          "schedule_options": meta.get("schedule_options")}
                 return cls(f["weights"], f["means"], f["covariances"], **{**saved, **kwargs})
-        except (OSError, KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: not a saved GaussianMixtureDenoiser ({exc})") from exc
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a saved GaussianMixtureDenoiser ({type(exc).__name__}: {exc})") from exc
 
 
 def extract_patches(images: Sequence[np.ndarray], patch_size: int, stride: int | None = None) -> np.ndarray:
@@ -214,8 +215,12 @@ def extract_patches(images: Sequence[np.ndarray], patch_size: int, stride: int |
 def fit_gaussian_mixture(images: Sequence[np.ndarray], *, patch_size: int = 8, n_components: int = 16,
                          covariance_type: str = "full", stride: int | None = None, max_patches: int = 50_000,
                          reg_covar: float = 1e-4, seed: int = 0, **kwargs: Any) -> GaussianMixtureDenoiser:
-    """Fit a patch mixture with scikit-learn's EM to images shaped (H, W, C) with values in [-1, 1]."""
+    """Fit a patch mixture with scikit-learn's EM to images shaped (H, W, C) with values in [-1, 1].
+
+    The fit runs on one BLAS thread: EM's sums come out differently with 1 and 2 threads, so a fit with
+    more would depend on the cores a run was given, not only on its settings."""
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
@@ -223,6 +228,7 @@ def fit_gaussian_mixture(images: Sequence[np.ndarray], *, patch_size: int = 8, n
     rng = np.random.default_rng(seed)
     if len(rows) > max_patches:
         rows = rows[rng.choice(len(rows), max_patches, replace=False)]
-    gm = GaussianMixture(n_components, covariance_type=covariance_type, reg_covar=reg_covar,
-                         random_state=seed, max_iter=200).fit(rows)
+    with threadpool_limits(1):
+        gm = GaussianMixture(n_components, covariance_type=covariance_type, reg_covar=reg_covar,
+                             random_state=seed, max_iter=200).fit(rows)
     return GaussianMixtureDenoiser(gm.weights_, gm.means_, gm.covariances_, patch_size=patch_size, **kwargs)

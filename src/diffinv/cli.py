@@ -3,25 +3,65 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .methods import METHODS, get_method
+from .methods import METHODS, ParamError, get_method
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+def parse_param(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as a pair of strings; the method reads VALUE as its parameter's type."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--param takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def output_names(paths: Sequence[str], tag: str) -> list[str]:
+    """``<name>.<tag>.png`` per input, ``name`` the shortest tail of its path that no other input shares
+    (``x`` alone, ``x_png`` beside ``x.jpg``, ``a_x`` beside ``b/x.png``), so no output overwrites another."""
+    parts = [Path(os.path.abspath(p)).with_suffix("").parts for p in paths]
+    suffixes = [Path(p).suffix.lstrip(".") for p in paths]
+    names = []
+    for k, path in enumerate(parts):
+        for depth in range(1, len(path) + 1):
+            name = "_".join(path[-depth:])
+            clash = [j for j, other in enumerate(parts) if j != k and "_".join(other[-depth:]) == name]
+            if not clash:
+                break
+            if all(suffixes[j] != suffixes[k] for j in clash):
+                name = f"{name}_{suffixes[k]}"
+                break
+        names.append(f"{name}.{tag}.png")
+    if len(set(names)) != len(names):
+        raise SystemExit("diffinv: the same input is given twice; each output would be written twice")
+    return names
+
+
+def run_tag(method: str, given: dict[str, Any], steps: int, guidance: float) -> str:
+    """The part of an output's name that says how it was made: method, the parameters set, N and w."""
+    def text(value: Any) -> str:
+        return "-".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+
+    tag = [method, *(f"{name}{text(value)}" for name, value in sorted(given.items())), f"N{steps}"]
+    return "_".join(tag + ([f"w{guidance:g}"] if guidance != 1 else []))
+
+
+def writable_folder(folder: Path) -> Path:
+    """``folder``, made if missing, refused (SystemExit naming it) unless a file can be written there."""
     try:
-        return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return name, value
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".diffinv-write-test-"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"diffinv: cannot write reconstructions to {folder}: {exc.strerror or exc}; choose another "
+                         "--out") from None
+    return folder
 
 
 def cache_dir() -> Path:
@@ -47,7 +87,10 @@ def load_model(spec: str, device: str | None, dtype: str | None):
     if path.is_dir():
         return BACKENDS[folder_kind(path)].from_pretrained(path, device=device, dtype=torch_dtype)
     if path.is_file():
-        return GaussianMixtureDenoiser.load(path, device=device or "cpu", dtype=torch_dtype or torch.float64)
+        try:
+            return GaussianMixtureDenoiser.load(path, device=device or "cpu", dtype=torch_dtype or torch.float64)
+        except ValueError as exc:
+            raise SystemExit(f"diffinv: --model {spec}: {exc}") from None
     raise SystemExit(f"--model {spec!r}: not 'demo', 'sd-v1-4', a diffusers folder or a saved mixture file")
 
 
@@ -71,7 +114,16 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .models import GaussianMixtureDenoiser
     from .roundtrip import round_trip
 
-    params = get_method(args.method).resolve(dict(args.param))  # fail on a bad name before loading anything
+    method = get_method(args.method)
+    given = {name: method.parse(name, text) for name, text in args.param}  # typed, before loading anything
+    params = method.resolve(given)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"diffinv: no such image file: {', '.join(missing)}")
+    names = output_names(args.images, run_tag(args.method, given, args.steps, args.guidance))
+    folders = {Path(args.out) if args.out else Path(p).parent for p in args.images}
+    for folder in sorted(folders):
+        writable_folder(folder)
     run = Run(args.method, args.method, params, args.steps, args.guidance, args.guidance)
     model = load_model(args.model, args.device, args.dtype)
     multiple = model.patch_size if isinstance(model, GaussianMixtureDenoiser) and model.patch_size else 8
@@ -83,14 +135,13 @@ def cmd_invert(args: argparse.Namespace) -> int:
         model.resolution = size  # FLUX.1's schedule depends on the image size
     failures = 0
     print("image\tmethod\tnfe\tmse\tpsnr\tssim\tseconds\treconstruction")
-    for path in args.images:
+    for path, name in zip(args.images, names):
         try:
             image = load_image(path, size=size, multiple=multiple)
             (m,) = round_trip(model, run, [image], [args.prompt or ""], progress=not args.quiet)
             if m["status"] != "ok":
                 raise RuntimeError(m["status"].removeprefix("error: "))
-            out_dir = Path(args.out) if args.out else Path(path).parent
-            out = out_dir / f"{Path(path).stem}.{args.method}.png"
+            out = (Path(args.out) if args.out else Path(path).parent) / name
             save_image(m["recon"], out)
             seconds = m["seconds_inversion"] + m["seconds_reconstruction"]  # README, "Metrics": seconds
             print(f"{path}\t{args.method}\t{m['nfe_inversion']}\t{m['mse']:.4e}\t{m['psnr']:.2f}\t{m['ssim']:.4f}\t"
@@ -145,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ParamError) as exc:
         print(f"diffinv: {exc}", file=sys.stderr)
         return 2
 

@@ -63,7 +63,8 @@ def write_config(work: Path, name: str, **changes) -> str:
 
 
 def run(work: Path, *args: str, configfile: str = "tiny.yaml"):
-    return snakemake("--cores", "2", "--configfile", configfile, *args, cwd=work, snakefile=work / "Snakefile")
+    # targets before --configfile, which takes every value after it
+    return snakemake(*args, "--cores", "2", "--configfile", configfile, cwd=work, snakefile=work / "Snakefile")
 
 
 def planned(work: Path, configfile: str = "tiny.yaml") -> tuple[dict[str, int], set[str]]:
@@ -196,3 +197,168 @@ def test_the_snakemake_report_holds_every_table_and_figure(tiny):
                  "figure2_error_statistics.png", "figure3_qualitative_tiny.png", "quality_vs_cost.png",
                  "tables.html"):
         assert stem in names, stem
+
+
+# ---------------------------------------------------------------- no silent wrong result, from the outside
+# Each test below works on its own copy of the tiny run (metadata and time stamps kept), so what it changes
+# and reruns leaves the shared run as the tests above expect it.
+
+MEASURED = ["seconds_inversion", "seconds_reconstruction", "peak_mem_mb"]
+
+
+def copy_of(tiny, tmp_path) -> Path:
+    work, _ = tiny
+    copy = tmp_path / "checkout"
+    shutil.copytree(work, copy, symlinks=True)
+    return copy
+
+
+def rows_of(work: Path, preset: str = "tiny") -> pd.DataFrame:
+    rows = pd.read_csv(work / "results" / preset / "results.csv", dtype={"id": str})
+    return rows.drop(columns=MEASURED).sort_values(["run", "id"]).reset_index(drop=True)
+
+
+def manifest_line(work: Path, image_id: str) -> str:
+    return next(line for line in (work / "data/manifests/tiny.csv").read_text().splitlines()
+                if line.startswith(f"{image_id},"))
+
+
+def test_a_changed_image_is_recomputed_when_its_shard_resumes(tiny, tmp_path):
+    """Kill an invert job after its first image, change that image's crop, rerun: the resumed shard
+    recomputes the changed image (its row is a fresh run's) instead of keeping the old row."""
+    import os
+    import signal
+    import sys
+    import time
+
+    work = copy_of(tiny, tmp_path)
+    slow = write_config(work, "slow.yaml", runs={"fpi": {"method": "fpi", "params": {"K": 8}}},
+                        inversion={**tiny_config()["inversion"], "num_steps": 50},
+                        report={**tiny_config()["report"], "qualitative_runs": ["fpi"]},
+                        error_stats={**tiny_config()["error_stats"], "runs": []})
+    target = "results/tiny/runs/tiny/fpi/000.csv"
+    first = work / "results/tiny/partial/tiny/fpi/000/000000.json"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--snakefile", str(work / "Snakefile"), "--directory",
+                             str(work), target, "--cores", "1", "--configfile", slow], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert proc.poll() is None, f"the job ended before its first image was recorded: {proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / target).exists()
+    run(work, "--unlock", configfile=slow)  # a killed Snakemake leaves its lock
+    killed = json.loads(first.read_text())["row"]
+    assert killed["id"] == "cat"
+
+    line = manifest_line(work, "cat")
+    box = line.split(",")[-1]
+    x0, y0, x1, y1 = map(int, box.split())
+    moved = f"{x0 + 10} {y0} {x1 - 10} {y1 - 20}"  # a smaller square inside the same image
+    path = work / "data/manifests/tiny.csv"
+    path.write_text(path.read_text().replace(line, line.removesuffix(box) + moved))
+    run(work, target, configfile=slow)
+    log = (work / "logs/tiny/invert/tiny/fpi/000.log").read_text()
+    assert "000000.json: saved under other settings, code or input; recomputed" in log
+    resumed = pd.read_csv(work / target).set_index("id")
+    assert resumed.loc["cat", "psnr"] != killed["psnr"]
+
+    # the resumed row is what a fresh run of the changed input gives
+    (work / target).unlink()
+    run(work, target, configfile=slow)
+    fresh = pd.read_csv(work / target).set_index("id")
+    assert fresh.drop(columns=MEASURED).equals(resumed.drop(columns=MEASURED))
+
+
+def test_two_presets_at_the_same_time_give_the_rows_each_gives_alone(tiny, tmp_path):
+    """Two presets on the same dataset, run concurrently in one checkout: each keeps its own images and
+    gives the rows it gives alone (the tiny run is the first preset's solo run)."""
+    import sys
+
+    work = copy_of(tiny, tmp_path)
+    other = write_config(work, "other.yaml", preset="other", runs={"ife": {"method": "ife"}},
+                         model={**tiny_config()["model"], "resolution": 32},
+                         report={**tiny_config()["report"], "qualitative_runs": ["ife"]},
+                         error_stats={**tiny_config()["error_stats"], "runs": ["ife"]})
+    run(work, "results/other/results.csv", configfile=other)
+    alone = {"tiny": rows_of(work, "tiny"), "other": rows_of(work, "other")}
+    shutil.rmtree(work / "results")
+    shutil.rmtree(work / ".snakemake")
+    procs = [subprocess.Popen([sys.executable, "-m", "snakemake", "--snakefile", str(work / "Snakefile"),
+                               "--directory", str(work), f"results/{preset}/results.csv", "--cores", "1",
+                               "--configfile", config], cwd=work, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for preset, config in (("tiny", "tiny.yaml"), ("other", other))]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    for preset, rows in alone.items():
+        together = rows_of(work, preset)
+        assert (together["status"] == "ok").all()
+        pd.testing.assert_frame_equal(together, rows)
+    images = work / "results/other/data/tiny/images"
+    assert sorted(p.name for p in images.glob("*.png")) == ["cat.png", "colorwheel.png"]
+
+
+def test_an_id_that_is_a_path_is_refused_before_any_job(tiny):
+    work, _ = tiny
+    with edited(work / "data/manifests/tiny.csv", "\ncat,cat.png", "\n../../../../x,cat.png"):
+        out = run_unchecked(work, "-n")
+    assert out.returncode != 0 and "Job stats" not in out.stdout
+    assert "tiny.csv, line 2: id '../../../../x' is not a name" in out.stdout + out.stderr
+    assert not (work.parents[3] / "x.png").exists()
+
+
+@pytest.mark.parametrize("params, key, reason", [
+    ({"ife": {"method": "ife", "params": {"compute_e0": "false"}}}, "runs.ife.params.compute_e0",
+     "must be true or false, got 'false'"),
+    ({"fpi": {"method": "fpi", "params": {"K": 0}}}, "runs.fpi.params.K", "must be an integer >= 1, got 0"),
+    ({"fpi": {"method": "fpi", "params": {"K": "abc"}}}, "runs.fpi.params.K", "must be an integer >= 1, got 'abc'"),
+    ({"ddim": {"method": "ddim", "num_steps": 600}}, "runs.ddim.num_steps", "no level 0"),
+    ({"ddim": {"method": "ddim", "guidance": float("nan")}}, "runs.ddim.guidance", "must be a finite number"),
+], ids=["bool-as-text", "K-0", "K-text", "steps-600", "guidance-nan"])
+def test_a_mistyped_parameter_stops_the_run_before_any_job_naming_its_key(tiny, params, key, reason):
+    work, _ = tiny
+    runs = {**tiny_config()["runs"], **params}
+    out = run_unchecked(work, "-n", configfile=write_config(work, "typed.yaml", runs=runs))
+    assert out.returncode != 0 and "Job stats" not in out.stdout
+    assert f"config key {key}: " in out.stdout + out.stderr and reason in out.stdout + out.stderr
+
+
+def test_an_error_row_among_the_shown_images_still_gives_every_figure(tiny, tmp_path):
+    """The first image (shown in Figures 3 and 4) loses its caption, so every run's row for it is an
+    error: the figures are still made, the cell marked failed, the error statistics use the next image."""
+    import nbformat
+
+    work = copy_of(tiny, tmp_path)
+    line = manifest_line(work, "cat")
+    path = work / "data/manifests/tiny.csv"
+    fields = line.split(",")
+    fields[3] = ""
+    path.write_text(path.read_text().replace(line, ",".join(fields)))
+    run(work)
+    rows = pd.read_csv(work / "results/tiny/results.csv", dtype={"id": str}).set_index(["run", "id"])
+    assert (rows.xs("cat", level="id")["status"] == "error: empty caption (prompt: caption)").all()
+    for stem in ("figure2_error_statistics", "figure3_qualitative_tiny", "figure4_iterations_tiny", "quality_vs_cost"):
+        assert (work / "figures/tiny" / f"{stem}.png").stat().st_mtime > (work / "data/manifests/tiny.csv").stat().st_mtime
+    notebook = nbformat.read(work / "results/tiny/notebooks/qualitative.ipynb", as_version=4)
+    assert not [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    stats = pd.read_csv(work / "results/tiny/error_stats.csv", dtype={"id": str})
+    assert set(stats["id"]) == {"colorwheel"}
+
+
+def test_a_shard_cut_short_fails_collect_naming_it(tiny, tmp_path):
+    work = copy_of(tiny, tmp_path)
+    shard = work / "results/tiny/runs/tiny/ife/000.csv"
+    shard.write_text("".join(shard.read_text().splitlines(keepends=True)[:-1]))  # the last image's row lost
+    out = run_unchecked(work, "results/tiny/results.csv")
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "results/tiny/runs/tiny/ife/000.csv: 1 rows for the 2 images of its slice of the manifest" in log
+    assert "missing ['colorwheel']" in log and "delete it and rerun" in log
+
+
+def run_unchecked(work: Path, *args: str, configfile: str = "tiny.yaml"):
+    return snakemake(*args, "--cores", "2", "--configfile", configfile, cwd=work, snakefile=work / "Snakefile",
+                     check=False)

@@ -70,6 +70,25 @@ def predict_data(sched: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
     return (z - sched.s(i) * eps) / sched.a(i)
 
 
+def velocity(sched: Schedule, i, z: Tensor, eps: Tensor) -> Tensor:
+    """``v = eps - x(i; z, eps)``: the rectified flow's velocity ``dz/dsigma`` that a noise estimate at level i
+    (a grid level or a half level) implies at ``z``; for the model's own estimate at ``z``, its velocity
+    output (``eps = z + a v``), at ``sigma = 1`` too (through :func:`predict_data`)."""
+    return eps - predict_data(sched, i, z, eps)
+
+
+def euler_step(sched: Schedule, i, j, z: Tensor, v: Tensor) -> Tensor:
+    """``z + (sigma_j - sigma_i) v``: the flow's Euler step from level i to level j with the velocity held fixed.
+
+    With ``v = velocity(sched, i, z, eps)`` it is :func:`transfer` (``Phi`` holds the noise fixed, which on a
+    flow is the same step); the midpoint solvers apply a velocity found elsewhere. Flow path only.
+    """
+    if sched.path != "flow":
+        raise ValueError(f"an Euler step with a fixed velocity is a rectified-flow step; this schedule is on the "
+                         f"{sched.path} path")
+    return z + (sched.s(j) - sched.s(i)) * v
+
+
 def fixed_point_coefficients(sched: Schedule, i: int) -> tuple[float, float]:
     """``(s_i / s_{i-1}, kappa_i)`` of the explicit fixed point ``z_i* = r z_{i-1} + kappa x*``.
 

@@ -265,6 +265,12 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
     elif model["kind"] in ("sd3", "flux") and model.get("channels_last"):
         raise ConfigError(f"config key model.channels_last: a UNet option; the {model['kind']} model is a transformer")
     _check_mixture_path(model)
+    path = "flow" if model["kind"] in FLOW_KINDS or model.get("path") == "flow" else "vp"
+    for name in config["runs"]:  # a sweep variant has its run's method
+        paths = get_method(runs[name].method).paths
+        if path not in paths:
+            raise ConfigError(f"config key runs.{name}.method: {runs[name].method} is defined on the "
+                              f"{' and '.join(paths)} path only; this {model['kind']} model is on the {path} path")
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 

@@ -196,6 +196,20 @@ def test_a_config_runs_a_method_only_on_its_path():
     assert "ff" in prepare(config, ROOT / "config" / "schema.yaml")[0]
 
 
+def test_the_nfe_estimate_prices_the_rivals():
+    """runs.csv, the budget and job runtimes read config.nfe_estimate: inversion + reconstruction per image."""
+    from diffinv.config import Run, nfe_estimate
+    from snakemake_runner import load_config
+
+    flow_model = load_config("demo-flow.yaml")["model"]
+    cases = {("uni_inv", "gaussian_mixture"): 21, ("uni_inv", "sd3"): 21, ("fireflow", "sd3"): 22,
+             ("rf_solver", "sd3"): 40, ("fireflow", "flux"): 22, ("ife", "gaussian_mixture"): 20}
+    for (method, kind), nfe in cases.items():
+        assert nfe_estimate(Run(method, method, METHODS[method].resolve({}), 10, 1.0, 1.0), kind) == nfe
+    assert nfe_estimate(Run("f", "fireflow", {}, 10, 1.0, 1.0), flow_model) == 22
+    assert nfe_estimate(Run("r", "rf_solver", {}, 10, 3.0, 3.0), "sd3") == 80   # guided: 2 passes a call
+
+
 # -- IFE's error reading and Uni-Inv ------------------------------------------------------------------------
 def test_error_from_estimate_is_the_default_and_a_bad_value_is_named(mixture, mixture_samples, flow, samples):
     x = mixture_samples[:4]
@@ -214,9 +228,10 @@ def test_error_from_estimate_is_the_default_and_a_bad_value_is_named(mixture, mi
 
 @pytest.mark.parametrize("num_steps", [10, 50])
 def test_uni_inv_is_ife_with_the_transfer_reading_and_e0_on_vp(mixture, mixture_samples, num_steps):
-    """The relation (the methods document, "IFE and Uni-Inv: the relation"): with ``s_0 > 0`` IFE's estimate is ``Phi(i-1 -> i; z_{i-1},
-    eps(i-1; z_{i-1}, z0 + e_{i-1}))``; the transfer reading makes that noise the previous step's, which is
-    Uni-Inv's predictor. Equal step by step to round-off, with the same N + 1 calls and reconstruction."""
+    """The relation (the methods document, "IFE and Uni-Inv: the relation"): with ``s_0 > 0`` IFE's estimate
+    is ``Phi(i-1 -> i; z_{i-1}, eps(i-1; z_{i-1}, z0 + e_{i-1}))``; the transfer reading makes that noise the
+    previous step's, which is Uni-Inv's predictor. Equal step by step to round-off, with the same N + 1 calls
+    and reconstruction."""
     x = mixture_samples[:8]
     uni = invert("uni_inv", mixture, x, num_steps=num_steps, trajectory=True)
     ife = invert("ife", mixture, x, num_steps=num_steps, error_from="transfer", compute_e0=True, trajectory=True)

@@ -18,8 +18,9 @@ prediction is the input itself (``eps = z + (1 - sigma) v``) and says nothing ab
   data prediction (``x_hat = z - sigma v``) and the latent it was evaluated at to the noise tensor it
   returns (attributes ``data_prediction`` and ``evaluated_at``). :func:`transfer` and
   :func:`predict_data` from such a level use it, and only if it was made at the very ``z`` they map:
-  reconstruction's first step ``Phi(N -> N-1; z_N, eps_N(z_N))`` and IFE's last data prediction are
-  such self-consistent uses. Methods stay functions of ``eps(z, i)`` and never see the backend.
+  reconstruction's first step ``Phi(N -> N-1; z_N, eps_N(z_N))``, IFE's last data prediction and the
+  velocity the flow solvers read there (:func:`velocity`: Uni-Inv's top step, FireFlow's and RF-Solver's
+  first step down) are such self-consistent uses. Methods stay functions of ``eps(z, i)`` and never see the backend.
 - A map from ``a = 0`` with a noise estimate made elsewhere (EDICT's and ERDDCI's coupled chains), or
   combined (averaged, regularised), is not defined: for a fixed ``eps`` the map ``z -> Phi(i -> j; z,
   eps)`` has slope ``a_j / a_i``, and its inverse ``Phi(j -> i)`` sends every ``z`` to ``eps`` itself.

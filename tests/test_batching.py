@@ -17,6 +17,7 @@ from conftest import random_mixture
 from diffinv import METHODS
 from diffinv.config import Run
 from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
+from diffinv.schedule import SD3_SCHEDULER_CONFIG
 from diffinv.testing import shard_rows, write_tiny_stable_diffusion
 
 MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size", "batch_id"}
@@ -48,10 +49,16 @@ def same(a, b):
     return json.dumps(a) == json.dumps(b)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, method, tmp_path):
+# every method on the VP path where it is defined there, and the rivals also on the flow path (Uni-Inv's Euler form)
+CASES = [(m, "vp" if "vp" in spec.paths else "flow") for m, spec in sorted(METHODS.items())] + [
+    ("uni_inv", "flow")]
+
+
+@pytest.mark.parametrize("method, path", CASES)
+def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, method, path, tmp_path):
     folder, items = shard
-    model = random_mixture(k=4, d=48, patch_size=4)  # full covariances: the eigenbasis einsum path
+    flow = {"scheduler_config": SD3_SCHEDULER_CONFIG} if path == "flow" else {}
+    model = random_mixture(k=4, d=48, patch_size=4, **flow)  # full covariances: the eigenbasis einsum path
     run = Run(method, method, PARAMS.get(method, {}), 6, 1.0, 1.0)
     common = dict(images_dir=folder, resolution=16, dataset="t", qualitative=6, save_latents=True)
     one = shard_rows(model, run, items, recon_dir=tmp_path / "one", **common)

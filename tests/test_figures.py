@@ -113,3 +113,12 @@ def test_placeholder_says_why_it_is_empty(tmp_path):
     assert [t.get_text() for t in fig.axes[0].texts] == ["No run of FPI with a K in this preset"]
     with Image.open(figures.save(fig, tmp_path / "empty")["png"]) as im:
         assert im.width > 300
+
+
+def test_every_registered_method_has_a_name_and_its_own_colour():
+    from diffinv import METHODS
+
+    assert set(METHODS) <= set(figures.NAMES)
+    colours = [figures.color(m) for m in METHODS]
+    assert len(set(colours)) == len(colours) and (0.4, 0.4, 0.4) not in colours  # no method in the fallback grey
+    assert list(figures.NAMES)[:3] == ["ddim", "ife", "ife_noerr"]  # appended methods keep the old colours

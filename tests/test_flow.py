@@ -158,10 +158,11 @@ def test_exact_methods_reconstruct_on_flow_grids(flow, samples, name, params, gr
 
 
 # Counted by hand for the SD3 grid with N = 10 (inversion, reconstruction). EDICT, ERDDCI and BELM stop one
-# level below sigma = 1; ReNoise's only level below t = 250 is level 1 (t = 8.9): 3 + 9 * 3 calls.
+# level below sigma = 1; ReNoise's only level below t = 250 is level 1 (t = 8.9): 3 + 9 * 3 calls. Uni-Inv and
+# FireFlow make one call at the start; FireFlow and RF-Solver reconstruct with their own midpoint steps.
 FLOW_NFE = {"ddim": (10, 10), "euler": (10, 10), "fpi": (20, 10), "aidi_e": (30, 10), "aidi_a": (40, 10), "ife": (10, 10),
             "ife_noerr": (10, 10), "renoise": (30, 10), "easyinv": (10, 10), "bdia": (10, 9), "belm": (9, 8),
-            "edict": (18, 18), "erddci": (18, 9)}
+            "edict": (18, 18), "erddci": (18, 9), "uni_inv": (11, 10), "fireflow": (11, 11), "rf_solver": (20, 20)}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

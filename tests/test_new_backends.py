@@ -309,8 +309,15 @@ def test_every_method_runs_and_counts_nfe(models, images, kind, guidance):
     model = models[kind]
     z0 = model.encode(images)
     per_pass = 1 if guidance == 1.0 or kind == "flux" else 2
+    path = "vp" if kind == "sdxl" else "flow"
     for name in sorted(METHODS):
         spec = METHODS[name]
+        if path not in spec.paths:  # FireFlow and RF-Solver on SDXL: refused before any pass
+            start = model.nfe
+            with pytest.raises(ValueError, match="rectified-flow path only"):
+                invert(name, model, z0, ["the cat", "a dog"], num_steps=4, guidance=guidance)
+            assert model.nfe == start, name
+            continue
         result = invert(name, model, z0, ["the cat", "a dog"], num_steps=4, guidance=guidance, **PARAMS.get(name, {}))
         assert result.nfe == per_pass * spec.nfe(spec.resolve(PARAMS.get(name, {})), result.schedule), name
         start = model.nfe

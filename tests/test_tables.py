@@ -18,6 +18,8 @@ RUNS = [
     ("ife", "ife", {"error_approximation": True, "compute_e0": False}, 50, ""),
     ("ife_e0", "ife", {"error_approximation": True, "compute_e0": True}, 50, ""),
     ("ife_noerr", "ife_noerr", {}, 50, ""),
+    ("ife_transfer", "ife", {"error_approximation": True, "compute_e0": True, "error_from": "transfer"}, 50, ""),
+    ("uni_inv", "uni_inv", {}, 50, ""),
     ("ife-N10", "ife", {"error_approximation": True, "compute_e0": False}, 10, ""),
     ("ife-N50", "ife", {"error_approximation": True, "compute_e0": False}, 50, "ife"),
     ("fpi", "fpi", {"K": 3}, 50, ""),
@@ -26,8 +28,8 @@ RUNS = [
     ("bdia", "bdia", {}, 50, ""),
     ("edict", "edict", {}, 50, ""),
 ]
-NFE = {"ddim": 50, "ife": 50, "ife_e0": 51, "ife_noerr": 50, "ife-N10": 10, "fpi": 150, "fpi-K2": 100,
-       "bdia": 50, "edict": 100}
+NFE = {"ddim": 50, "ife": 50, "ife_e0": 51, "ife_noerr": 50, "ife_transfer": 51, "uni_inv": 51, "ife-N10": 10,
+       "fpi": 150, "fpi-K2": 100, "bdia": 50, "edict": 100}
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +136,14 @@ def test_efficiency_seconds_are_measured_per_batch(results, runs):
 def test_ablation_flags_from_params(results, runs):
     table = tables.ablation(results, runs)
     coco = table[table["dataset"] == "coco"]
-    assert list(coco["run"]) == ["ife_noerr", "ife-N10", "ife", "ife_e0"]  # variant, then N; no alias, no ddim
-    flags = {r: (a, e, n) for r, a, e, n in zip(coco["run"], coco["error_approximation"], coco["e0"], coco["N"])}
-    assert flags == {"ife_noerr": ("no", "–", 50), "ife-N10": ("yes", "zero", 10), "ife": ("yes", "zero", 50),
-                     "ife_e0": ("yes", "computed", 50)}
+    # variant, then N; no alias, no ddim; Uni-Inv last, beside the reading it equals on VP
+    assert list(coco["run"]) == ["ife_noerr", "ife-N10", "ife", "ife_e0", "ife_transfer", "uni_inv"]
+    flags = {r: (a, f, e, n) for r, a, f, e, n in zip(coco["run"], coco["error_approximation"], coco["error_from"],
+                                                      coco["e0"], coco["N"])}
+    assert flags == {"ife_noerr": ("no", "–", "–", 50), "ife-N10": ("yes", "estimate", "zero", 10),
+                     "ife": ("yes", "estimate", "zero", 50), "ife_e0": ("yes", "estimate", "computed", 50),
+                     "ife_transfer": ("yes", "transfer", "computed", 50), "uni_inv": ("–", "–", "–", 50)}
+    assert list(coco["method"]) == ["ife_noerr", "ife", "ife", "ife", "ife", "uni_inv"]
     row = coco[coco["run"] == "ife_e0"].iloc[0]
     assert row["nfe_per_image"] == 51
     assert (row["ssim"], row["ssim_ci95"]) == pytest.approx(mean_ci(ok_rows(results, "coco", "ife_e0")["ssim"]))

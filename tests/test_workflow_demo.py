@@ -126,7 +126,7 @@ def test_demo_tables_have_a_row_per_configured_run(demo):
     assert set(table4.loc[table4["method"] == "fpi", "K"]) == {1, 3, 10}  # fpi-K3 is the run `fpi`
     runs, _ = expand_runs(config)
     assert list(read_table(folder / "table2_efficiency.csv")["run"]) == list(config["runs"])
-    ablation = {name for name, run in runs.items() if run.method in ("ife", "ife_noerr")}
+    ablation = {name for name, run in runs.items() if run.method in ("ife", "ife_noerr", "uni_inv")}
     assert set(read_table(folder / "table3_ablation.csv")["run"]) == ablation
     exact = {name for name, run in runs.items() if run.method in ("bdia", "edict", "erddci", "belm")}
     assert set(read_table(folder / "table5_exact.csv")["run"]) == exact

@@ -18,8 +18,9 @@ prediction is the input itself (``eps = z + (1 - sigma) v``) and says nothing ab
   data prediction (``x_hat = z - sigma v``) and the latent it was evaluated at to the noise tensor it
   returns (attributes ``data_prediction`` and ``evaluated_at``). :func:`transfer` and
   :func:`predict_data` from such a level use it, and only if it was made at the very ``z`` they map:
-  reconstruction's first step ``Phi(N -> N-1; z_N, eps_N(z_N))`` and IFE's last data prediction are
-  such self-consistent uses. Methods stay functions of ``eps(z, i)`` and never see the backend.
+  reconstruction's first step ``Phi(N -> N-1; z_N, eps_N(z_N))``, IFE's last data prediction and the
+  velocity the flow solvers read there (:func:`velocity`: Uni-Inv's top step, FireFlow's and RF-Solver's
+  first step down) are such self-consistent uses. Methods stay functions of ``eps(z, i)`` and never see the backend.
 - A map from ``a = 0`` with a noise estimate made elsewhere (EDICT's and ERDDCI's coupled chains), or
   combined (averaged, regularised), is not defined: for a fixed ``eps`` the map ``z -> Phi(i -> j; z,
   eps)`` has slope ``a_j / a_i``, and its inverse ``Phi(j -> i)`` sends every ``z`` to ``eps`` itself.
@@ -68,6 +69,25 @@ def predict_data(sched: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
     if sched.a(i) == 0:
         return _data_prediction_at(eps, z, i)
     return (z - sched.s(i) * eps) / sched.a(i)
+
+
+def velocity(sched: Schedule, i, z: Tensor, eps: Tensor) -> Tensor:
+    """``v = eps - x(i; z, eps)``: the rectified flow's velocity ``dz/dsigma`` that a noise estimate at level i
+    (a grid level or a half level) implies at ``z``; for the model's own estimate at ``z``, its velocity
+    output (``eps = z + a v``), at ``sigma = 1`` too (through :func:`predict_data`)."""
+    return eps - predict_data(sched, i, z, eps)
+
+
+def euler_step(sched: Schedule, i, j, z: Tensor, v: Tensor) -> Tensor:
+    """``z + (sigma_j - sigma_i) v``: the flow's Euler step from level i to level j with the velocity held fixed.
+
+    With ``v = velocity(sched, i, z, eps)`` it is :func:`transfer` (``Phi`` holds the noise fixed, which on a
+    flow is the same step); the midpoint solvers apply a velocity found elsewhere. Flow path only.
+    """
+    if sched.path != "flow":
+        raise ValueError(f"an Euler step with a fixed velocity is a rectified-flow step; this schedule is on the "
+                         f"{sched.path} path")
+    return z + (sched.s(j) - sched.s(i)) * v
 
 
 def fixed_point_coefficients(sched: Schedule, i: int) -> tuple[float, float]:

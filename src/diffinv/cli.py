@@ -97,7 +97,8 @@ def load_model(spec: str, device: str | None, dtype: str | None):
 def cmd_methods(args: argparse.Namespace) -> int:
     for name, method in METHODS.items():
         defaults = ", ".join(f"{k}={v}" for k, v in method.defaults.items()) or "-"
-        print(f"{name:<10} {defaults}\n           {method.summary[:200]}")
+        paths = "" if set(method.paths) == {"vp", "flow"} else f"  ({' and '.join(method.paths)} path only)"
+        print(f"{name:<10} {defaults}{paths}\n           {method.summary[:200]}")
     return 0
 
 

@@ -280,12 +280,6 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         nets = config["metrics"]["lpips"]
         raise ConfigError(f"config key model.resolution: {model['resolution']} px is below the {smallest} px that "
                           f"SSIM{' and LPIPS ' + '/'.join(nets) if nets else ''} need to score an image")
-    for run in runs.values():
-        try:
-            nfe_estimate(run, model)  # builds the run's grid: a step count the model's schedule cannot take fails
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"config key {_num_steps_key(config, run.name)}: {run.name} at {run.num_steps} steps: "
-                              f"{exc}") from None
     multiple = PIXEL_MULTIPLES.get(model["kind"])
     if multiple and model["resolution"] % multiple:
         raise ConfigError(f"config key model.resolution: the {model['kind']} model needs a multiple of {multiple}")
@@ -297,6 +291,12 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
     elif model["kind"] in ("sd3", "flux") and model.get("channels_last"):
         raise ConfigError(f"config key model.channels_last: a UNet option; the {model['kind']} model is a transformer")
     _check_mixture_path(model)
+    path = "flow" if model["kind"] in FLOW_KINDS or model.get("path") == "flow" else "vp"
+    for name in config["runs"]:  # a sweep variant has its run's method
+        paths = get_method(runs[name].method).paths
+        if path not in paths:
+            raise ConfigError(f"config key runs.{name}.method: {runs[name].method} is defined on the "
+                              f"{' and '.join(paths)} path only; this {model['kind']} model is on the {path} path")
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 
@@ -305,6 +305,12 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
             raise ConfigError(f"config key model.fit.photos: unknown photos {unknown}; known: {sorted(PHOTOS)}")
         if model["resolution"] % model["fit"]["patch_size"]:
             raise ConfigError("config key model.resolution: must be a multiple of model.fit.patch_size")
+    for run in runs.values():
+        try:
+            nfe_estimate(run, model)  # builds the run's grid: a step count the model's schedule cannot take fails
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"config key {_num_steps_key(config, run.name)}: {run.name} at {run.num_steps} steps: "
+                              f"{exc}") from None
     return runs, aliases
 
 

@@ -66,7 +66,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run_demo(*, size: int = 64, num_steps: int = 50, photos: Sequence[str] = DEMO_EVAL,
              runs: Sequence[tuple[str, dict[str, Any]]] | None = None, log=print) -> list[dict[str, Any]]:
-    runs = runs or DEMO_RUNS + tuple((m, {}) for m in METHODS if m not in {r[0] for r in DEMO_RUNS})
+    runs = runs or DEMO_RUNS + tuple((m, {}) for m, spec in METHODS.items()
+                                     if m not in {r[0] for r in DEMO_RUNS} and "vp" in spec.paths)  # a VP model
     start = time.perf_counter()
     log(f"fitting the patch Gaussian mixture to {len(DEMO_FIT)} shipped photographs ...")
     model = fit_demo_model()

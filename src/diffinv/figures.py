@@ -24,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 # One name and one colour per method across every figure.
 NAMES = {"ddim": "DDIM", "ife": "IFE", "ife_noerr": "IFE w/o error approx.", "easyinv": "EasyInv", "fpi": "FPI",
          "aidi_a": "AIDI-A", "aidi_e": "AIDI-E", "renoise": "ReNoise", "bdia": "BDIA", "edict": "EDICT",
-         "erddci": "ERDDCI", "belm": "BELM", "euler": "Euler"}  # new methods go last: colours stay
+         "erddci": "ERDDCI", "belm": "BELM", "euler": "Euler", "uni_inv": "Uni-Inv", "fireflow": "FireFlow",
+         "rf_solver": "RF-Solver"}  # new methods go last: colours stay
 _PALETTE = dict(zip(NAMES, sns.color_palette("tab20", 20)[::2] + sns.color_palette("tab20", 20)[1::2]))
 DPI = 200
 # An RMS error below one 16-bit grey level: a reconstruction no image format can tell from its input

@@ -13,12 +13,20 @@ Gaussian path"), so one grid object serves two families:
   scheduler's terminal ``sigma = 0``; level i >= 1 has the scheduler's float timestep
   ``sigma_i * num_train_timesteps``, the label the pipelines pass to their transformer. The top level of
   the pipelines' grids is ``sigma = 1``, where ``a = 0``: :mod:`diffinv.algebra` says what that means.
+
+Half levels. The flows' midpoint solvers (FireFlow, RF-Solver) evaluate the network halfway between two
+grid levels. ``i - 1/2`` (a :class:`~fractions.Fraction`, as :meth:`Schedule.midpoint` returns, or the float)
+is such a level on the flow path: its sigma is the mean of the two sigmas and its label the mean of the two
+labels (``sigma * num_train_timesteps`` to the labels' own float32 precision), as the official code passes
+``t + (t_next - t) / 2``. A VP grid has no half levels: a network trained on integer timesteps has no label
+between two of them that is not a choice of ours.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Mapping
 
 # The scheduler config shipped with CompVis/stable-diffusion-v1-4 (scheduler/scheduler_config.json).
@@ -122,11 +130,37 @@ class Schedule:
         """``"vp"`` (``a^2 + s^2 = 1``) or ``"flow"`` (``a + s = 1``)."""
         return "vp" if self.sigmas is None else "flow"
 
-    def a(self, i: int) -> float:
-        return self.signal[i]
+    def a(self, i: int | Fraction | float) -> float:
+        return 1.0 - self._half_sigma(i) if isinstance(i, (Fraction, float)) else self.signal[i]
 
-    def s(self, i: int) -> float:
-        return self.noise[i]
+    def s(self, i: int | Fraction | float) -> float:
+        return self._half_sigma(i) if isinstance(i, (Fraction, float)) else self.noise[i]
+
+    def label(self, i: int | Fraction | float) -> float:
+        """The network's timestep at level i (a grid level's ``timesteps[i]``, or a half level's mean label)."""
+        if isinstance(i, (Fraction, float)):
+            below, above = self._half_bounds(i)
+            return (self.timesteps[below] + self.timesteps[above]) / 2
+        return self.timesteps[i]
+
+    def midpoint(self, i: int) -> Fraction:
+        """The half level ``i - 1/2`` between grid levels i - 1 and i (flow path only; see the module docstring)."""
+        level = i - Fraction(1, 2)
+        self._half_bounds(level)
+        return level
+
+    def _half_bounds(self, level: Fraction | float) -> tuple[int, int]:
+        if self.path != "flow":
+            raise ValueError(f"level {level} lies between grid levels, which only the rectified-flow path has; "
+                             f"this schedule is on the {self.path} path")
+        above = level + 0.5 if isinstance(level, float) else level + Fraction(1, 2)
+        if above != int(above) or not 1 <= above <= self.num_steps:
+            raise ValueError(f"level {level} is not halfway between two of the grid levels 0..{self.num_steps}")
+        return int(above) - 1, int(above)
+
+    def _half_sigma(self, level: Fraction | float) -> float:
+        below, above = self._half_bounds(level)
+        return (self.sigmas[below] + self.sigmas[above]) / 2
 
     @classmethod
     def from_scheduler_config(cls, config: Mapping[str, Any], num_steps: int, *, image_seq_len: int | None = None,

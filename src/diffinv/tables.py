@@ -26,7 +26,8 @@ LABELS = {
     "ssim": "SSIM", "psnr": "PSNR", "latent_mse": "Latent MSE", "nfe_per_image": "NFE", "nfe_total": "NFE (inv+rec)",
     "images": "Images", "errors": "Errors", "seconds_inversion": "Inversion s", "seconds_total": "Total s",
     "batch_size": "Batch", "peak_mem_mb": "Peak MB", "peak_mem_kind": "Memory", "images_per_hour": "Images/h",
-    "error_approximation": "Error approx.", "e0": "e0", "N": "N", "K": "K", "difference": "Difference",
+    "error_approximation": "Error approx.", "error_from": "Error from", "e0": "e0", "N": "N", "K": "K",
+    "difference": "Difference",
     "better": "Images better", "reference": "Reference", "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
     "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype", "verdict": "95% CI says",
@@ -129,17 +130,24 @@ def efficiency(results: pd.DataFrame, runs: pd.DataFrame, run_names: Sequence[st
 
 
 def ablation(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """IFE's components: error approximation on/off, e_0 zero or computed, each step count N."""
+    """IFE's components: error approximation on/off, where the error is read (``error_from``), e_0 zero or
+    computed, each step count N; and Uni-Inv beside them, which on a VP model is IFE reading the error from
+    the transfer with e_0 computed (its own method on a flow: its switches are not IFE's and show as missing)."""
     chosen = _computed(runs)
-    chosen = chosen[chosen["method"].isin(["ife", "ife_noerr"])]
+    chosen = chosen[chosen["method"].isin(["ife", "ife_noerr", "uni_inv"])]
     settings = {}
     for _, run in chosen.iterrows():
         params = {**get_method(run["method"]).defaults, **_params(run["params"])}
+        if run["method"] == "uni_inv":
+            settings[run["run"]] = {"method": "uni_inv", "error_approximation": MISSING, "error_from": MISSING,
+                                    "e0": MISSING, "N": int(run["num_steps"])}
+            continue
         corrects = run["method"] == "ife" and bool(params.get("error_approximation", True))
-        # e_0 only matters when the error is approximated; otherwise there is nothing to initialise.
+        # e_0 and the error's reading only matter when the error is approximated.
         e0 = ("computed" if params.get("compute_e0") else "zero") if corrects else MISSING
-        settings[run["run"]] = {"error_approximation": "yes" if corrects else "no", "e0": e0,
-                                "N": int(run["num_steps"])}
+        settings[run["run"]] = {"method": run["method"], "error_approximation": "yes" if corrects else "no",
+                                "error_from": params.get("error_from", "estimate") if corrects else MISSING,
+                                "e0": e0, "N": int(run["num_steps"])}
     out = []
     for dataset, name, group in _groups(results, runs, settings):
         ok = _ok(group)
@@ -148,8 +156,10 @@ def ablation(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
-    # Variant order: plain fixed point first, then IFE with e_0 = 0 (the paper's default), then computed e_0.
-    variant = frame["error_approximation"].map({"no": 0, "yes": 1}) * 2 + (frame["e0"] == "computed")
+    # Variant order: plain fixed point first, then IFE with e_0 = 0 (the paper's default), then computed e_0,
+    # the same with the transfer's reading, then Uni-Inv.
+    variant = (frame["error_approximation"].map({"no": 0, "yes": 2, MISSING: 6}) + (frame["e0"] == "computed")
+               + 2 * (frame["error_from"] == "transfer"))
     order = pd.DataFrame({"d": frame["dataset"].map({d: i for i, d in enumerate(frame["dataset"].unique())}),
                           "v": variant, "n": frame["N"]})
     return frame.loc[order.sort_values(["d", "v", "n"], kind="stable").index].reset_index(drop=True)
@@ -264,7 +274,8 @@ def precision(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 CAPTIONS = {
     "table1_reconstruction": "Reconstruction quality",
     "table2_efficiency": "Efficiency per image",
-    "table3_ablation": "IFE ablation: error approximation, e_0 and N",
+    "table3_ablation": "IFE ablation: error approximation, where the error is read, e_0 and N; with Uni-Inv (on a "
+                       "VP model IFE reading the error from the transfer with e_0 computed)",
     "table4_iterations": "Iteration sensitivity of fixed-point methods",
     "table5_exact": "Exact-inversion methods",
     "table6_precision": "Precision ablation: the same runs with another network dtype (PSNR difference to the "

@@ -21,9 +21,12 @@ from .easyinv import easyinv
 from .edict import edict, edict_reconstruct
 from .erddci import erddci, erddci_reconstruct
 from .euler import euler
+from .fireflow import fireflow, fireflow_reconstruct
 from .fpi import fpi
 from .ife import ife, ife_noerr
 from .renoise import renoise
+from .rf_solver import rf_solver, rf_solver_reconstruct
+from .uni_inv import uni_inv
 
 _NOT_PARAMS = {"eps", "z0", "sched", "callback", "disable"}
 
@@ -37,6 +40,8 @@ class Method:
     """Network evaluations of the inversion (before CFG doubling), from the parameters and schedule."""
     state: str = "latent"
     reconstruct_nfe: Callable[[Schedule], int] = lambda s: s.num_steps
+    paths: tuple[str, ...] = ("vp", "flow")
+    """The Gaussian paths (``Schedule.path``) the method is defined on; elsewhere it raises before any call."""
     defaults: dict[str, Any] = field(init=False)
     types: dict[str, Any] = field(init=False, repr=False)
     """Each parameter's annotation (type and range: :mod:`diffinv.methods.params`)."""
@@ -112,6 +117,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            lambda s: 2 * exact_top(s, "edict")),
     Method("erddci", erddci, erddci_reconstruct, lambda p, s: 2 * exact_top(s, "erddci"), "latent + main trajectory",
            lambda s: exact_top(s, "erddci")),
+    # the 1-NFE rivals: one extra call at the start (uni_inv, fireflow), two calls a step (rf_solver)
+    Method("uni_inv", uni_inv, ddim_reconstruct, lambda p, s: s.num_steps + 1),
+    Method("fireflow", fireflow, fireflow_reconstruct, lambda p, s: s.num_steps + 1,
+           reconstruct_nfe=lambda s: s.num_steps + 1, paths=("flow",)),
+    Method("rf_solver", rf_solver, rf_solver_reconstruct, lambda p, s: 2 * s.num_steps,
+           reconstruct_nfe=lambda s: 2 * s.num_steps, paths=("flow",)),
 ]}
 
 
@@ -124,4 +135,4 @@ def get_method(name: str) -> Method:
 
 __all__ = ["METHODS", "Method", "ParamError", "get_method", "EpsFn", "Callback", "levels", "ddim_reconstruct",
            "ddim", "euler", "fpi", "aidi_e", "aidi_a", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm",
-           "edict", "erddci"]
+           "edict", "erddci", "uni_inv", "fireflow", "rf_solver"]

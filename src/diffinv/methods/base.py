@@ -1,7 +1,8 @@
 """What every method shares: the signature types, the progress loop and DDIM reconstruction.
 
 A method is a pure function ``invert(eps, z0, sched, *, callback=None, disable=True, **params)``.
-``eps(z, i)`` is the guided noise prediction at level i (the method never sees the backend);
+``eps(z, i)`` is the guided noise prediction at level i (the method never sees the backend), a grid level
+or, on the flow path, a half level ``sched.midpoint(i)`` between grid levels i - 1 and i;
 ``callback`` receives one dict per step with at least ``i``, ``z_prev`` (z_{i-1}), ``z`` (z_i) and
 ``estimate`` (the latent the last network call of the step was made at).
 """
@@ -16,7 +17,7 @@ from tqdm import tqdm  # not tqdm.auto: in a notebook it warns, naming this mach
 from ..algebra import transfer
 from ..schedule import Schedule
 
-EpsFn = Callable[[Tensor, int], Tensor]
+EpsFn = Callable[[Tensor, Any], Tensor]   # level: a grid level (int) or a half level
 Callback = Callable[[dict[str, Any]], None] | None
 
 
@@ -41,6 +42,15 @@ def exact_top(sched: Schedule, method: str) -> int:
     if top < 1:
         raise ValueError(f"{method} needs a level between 0 and sigma = 1; this grid has only those two")
     return top
+
+
+def flow_only(sched: Schedule, method: str) -> None:
+    """Refuse a VP schedule before any network call: ``method`` steps through half levels with a velocity
+    held fixed, which a VP grid (integer timesteps, eps-predicting networks) does not define."""
+    if sched.path != "flow":
+        raise ValueError(f"{method} is defined on the rectified-flow path only (SD3, FLUX.1, a flow mixture): it "
+                         f"evaluates the network between grid levels with the velocity held fixed; this schedule "
+                         f"is on the {sched.path} path")
 
 
 def ddim_reconstruct(eps: EpsFn, zN: Tensor, sched: Schedule, *, callback: Callback = None,

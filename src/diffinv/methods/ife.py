@@ -10,6 +10,12 @@ unknown data-prediction error ``e_i = x* - z0``. IFE replaces ``e_i`` by the pre
     e_i    = x(i; zhat_i, eps) - z0
 
 ``e_0 = 0`` (N NFE in all) unless ``compute_e0`` spends one more call on ``x(0; z0, eps_0(z0)) - z0``.
+
+``error_from`` says which data prediction of the step the error reads: ``"estimate"`` (the default, as
+above) the one at the network's input, ``x(i; zhat_i, eps)``; ``"transfer"`` the one the transfer keeps,
+``x(i-1; z_{i-1}, eps) = x(i; z_i, eps)``. With ``"transfer"`` and ``compute_e0`` the estimate is
+``zhat_i = Phi(i-1 -> i; z_{i-1}, eps_{i-1})`` and IFE is Uni-Inv's DDIM form (:mod:`.uni_inv`), wherever
+``s_0 > 0``.
 With ``s_0 == 0`` the first step is a DDIM step (its error is then 0). ``error_approximation=False``
 (the ``ife_noerr`` ablation) keeps ``e = 0`` throughout.
 
@@ -21,6 +27,8 @@ the model's own data prediction there (:mod:`diffinv.algebra`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -28,9 +36,12 @@ from ..algebra import fixed_point_coefficients, predict_data, transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
 
+# Which data prediction of a step its error reads (see the module docstring).
+ErrorReading = Literal["estimate", "transfer"]
+
 
 def ife(eps: EpsFn, z0: Tensor, sched: Schedule, *, error_approximation: bool = True, compute_e0: bool = False,
-        callback: Callback = None, disable: bool = True) -> Tensor:
+        error_from: ErrorReading = "estimate", callback: Callback = None, disable: bool = True) -> Tensor:
     error = torch.zeros_like(z0)
     if error_approximation and compute_e0 and sched.s(0) > 0:
         error = predict_data(sched, 0, z0, eps(z0, 0)) - z0
@@ -46,7 +57,10 @@ def ife(eps: EpsFn, z0: Tensor, sched: Schedule, *, error_approximation: bool = 
             estimate = ratio * z + kappa * (z0 + error)
             noise = eps(estimate, i)
             z_new = transfer(sched, i - 1, i, z, noise)
-            new_error = predict_data(sched, i, estimate, noise) - z0
+            if error_from == "estimate":
+                new_error = predict_data(sched, i, estimate, noise) - z0
+            else:   # the pair Phi keeps, read below the top level (a_{i-1} > 0 on every grid)
+                new_error = predict_data(sched, i - 1, z, noise) - z0
         if not error_approximation:
             new_error = torch.zeros_like(z0)
         if callback is not None:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from diffinv.data import DEMO_EVAL, DEMO_FIT, PHOTOS, load_photo
 from diffinv.demo import evaluate, fit_demo_model, format_table, run_demo
@@ -27,3 +28,29 @@ def test_full_demo_orders_the_methods():
     rows = {r["method"]: r for r in run_demo(log=lambda *_: None)}
     assert rows["ife"]["psnr"] > rows["ife_noerr"]["psnr"] > rows["ddim"]["psnr"]
     assert rows["ife"]["psnr"] > rows["fpi K=3"]["psnr"]
+
+
+def test_the_cached_demo_model_is_the_demo_presets_and_is_fitted_once(tmp_path, monkeypatch):
+    """``demo_model()`` fits with fit_demo_model's defaults, which are config/demo.yaml's fit settings, then
+    loads the cached file: the library, ``diffinv invert --model demo`` and ``diffinv demo`` share one fit."""
+    import inspect
+
+    import yaml
+
+    from diffinv import demo
+    from diffinv.data import DEMO_FIT
+    from snakemake_runner import ROOT
+
+    fit = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["model"]["fit"]
+    defaults = {k: p.default for k, p in inspect.signature(demo.fit_demo_model).parameters.items()}
+    assert tuple(fit["photos"]) == DEMO_FIT == defaults["photos"]
+    assert {k: fit[k] for k in ("size", "patch_size", "stride", "seed")} == {
+        k: defaults[k] for k in ("size", "patch_size", "stride", "seed")} and fit["components"] == defaults["n_components"]
+
+    calls = []
+    small = demo.fit_demo_model(DEMO_FIT[:2], size=32, n_components=2, max_patches=500)
+    monkeypatch.setattr(demo, "fit_demo_model", lambda: calls.append(1) or small)
+    first = demo.demo_model(tmp_path)
+    second = demo.demo_model(tmp_path)
+    assert calls == [1] and len(list(tmp_path.glob("demo-model-*.npz"))) == 1
+    assert torch.equal(first.means, second.means) and torch.equal(first.means, small.means)

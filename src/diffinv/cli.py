@@ -64,11 +64,6 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "diffinv"
-
-
 def load_model(spec: str, device: str | None, dtype: str | None):
     """``demo`` (the fitted mixture, cached), ``sd-v1-4``, a diffusers folder (SD, SDXL, SD3 or FLUX.1, told
     apart by its model_index.json) or a saved mixture (.npz)."""
@@ -77,13 +72,12 @@ def load_model(spec: str, device: str | None, dtype: str | None):
     torch_dtype = getattr(torch, dtype) if dtype else None
     if spec == "sd-v1-4":
         return StableDiffusionBackend.from_pretrained(SD_V1_4, device=device, dtype=torch_dtype)
-    path = cache_dir() / "demo-gmm.npz" if spec == "demo" else Path(spec)
-    if spec == "demo" and not path.exists():
-        from .demo import fit_demo_model
+    if spec == "demo":
+        from .demo import demo_model
 
-        print(f"fitting the demo model once (cached in {path}) ...", file=sys.stderr)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fit_demo_model().save(path)
+        print("the demo model (fitted once per version, about 40 s, then cached) ...", file=sys.stderr)
+        return demo_model(device=device or "cpu", dtype=torch_dtype or torch.float64)
+    path = Path(spec)
     if path.is_dir():
         return BACKENDS[folder_kind(path)].from_pretrained(path, device=device, dtype=torch_dtype)
     if path.is_file():

@@ -19,6 +19,15 @@ include: "rules/stats.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    # a real run only: a CUDA device if a job runs the model on one, and the host of every download planned
+    from diffinv.preflight import check
+
+    planned = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    check(config, cuda=MODEL["device"].startswith("cuda") and bool(planned & set(MODEL_RULES)),
+          downloads=[(what, url) for what, rule, url in downloads() if rule in planned])
+
+
 rule all:
     input:
         f"{RESULTS}/results.csv",

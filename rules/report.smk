@@ -1,6 +1,7 @@
 # Stage 4: tables and figures. Each group is a notebook in notebooks/, executed with papermill on the
-# results above; the notebook writes the artefacts, and its executed copy and an HTML rendering go to
-# results/<preset>/notebooks/ so every number can be traced to the code and rows that made it.
+# results above; the notebook writes the artefacts, its executed copy goes to notebooks/executed/<preset>/
+# (committed: a reviewer opens it on the code host) and an HTML rendering to results/<preset>/notebooks/,
+# so every number can be traced to the code and rows that made it.
 
 
 rule tables:

@@ -174,7 +174,7 @@ def test_no_artefact_names_a_path_of_the_machine_that_built_it(tiny):
     work, _ = tiny
     roots = [str(work), str(ROOT), str(Path.home())]
     made = [*(work / "tables" / "tiny").iterdir(), *(work / "figures" / "tiny").iterdir(),
-            *(work / "results" / "tiny" / "notebooks").iterdir()]
+            *(work / "results" / "tiny" / "notebooks").iterdir(), *(work / "notebooks" / "executed" / "tiny").iterdir()]
     committed = [*(ROOT / "tables").rglob("*.*"), *(ROOT / "figures").rglob("*.*")]
     assert made and committed
     for path in made + committed:
@@ -342,7 +342,7 @@ def test_an_error_row_among_the_shown_images_still_gives_every_figure(tiny, tmp_
     assert (rows.xs("cat", level="id")["status"] == "error: empty caption (prompt: caption)").all()
     for stem in ("figure2_error_statistics", "figure3_qualitative_tiny", "figure4_iterations_tiny", "quality_vs_cost"):
         assert (work / "figures/tiny" / f"{stem}.png").stat().st_mtime > (work / "data/manifests/tiny.csv").stat().st_mtime
-    notebook = nbformat.read(work / "results/tiny/notebooks/qualitative.ipynb", as_version=4)
+    notebook = nbformat.read(work / "notebooks/executed/tiny/qualitative.ipynb", as_version=4)
     assert not [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     stats = pd.read_csv(work / "results/tiny/error_stats.csv", dtype={"id": str})
     assert set(stats["id"]) == {"colorwheel"}

@@ -21,8 +21,11 @@ def execute_notebook(source: str | Path, executed: str | Path, html: str | Path 
         raise ValueError(f"{source}: no parameter named {unknown} in its cell tagged 'parameters' "
                          f"(it has {sorted(known)})")
     Path(executed).parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(source), str(executed), parameters=parameters or {}, cwd=str(cwd),
-                               progress_bar=False, log_output=False, kernel_name="python3")
+    try:
+        papermill.execute_notebook(str(source), str(executed), parameters=parameters or {}, cwd=str(cwd),
+                                   progress_bar=False, log_output=False, kernel_name="python3")
+    finally:
+        drop_timings(executed)
     if html is not None:
         from nbconvert import HTMLExporter
 
@@ -30,9 +33,25 @@ def execute_notebook(source: str | Path, executed: str | Path, html: str | Path 
         Path(html).write_text(body, encoding="utf-8")
 
 
-# Paths whose changes can change a result; an edit elsewhere (README, committed outputs) does not
-# make a build "modified".
-CODE_PATHS = ("src", "rules", "notebooks", "config", "Snakefile", "pyproject.toml", "requirements.txt")
+def drop_timings(path: str | Path) -> None:
+    """Remove the clock times papermill and nbclient record (notebook and cell start, end, duration), so an
+    executed notebook changes only when what it shows changes: the committed copies stay diffable."""
+    import nbformat
+
+    if not Path(path).is_file():
+        return
+    notebook = nbformat.read(path, as_version=4)
+    for metadata in [notebook.metadata, *(cell.metadata for cell in notebook.cells)]:
+        metadata.pop("execution", None)
+        for key in ("start_time", "end_time", "duration"):
+            metadata.get("papermill", {}).pop(key, None)
+    nbformat.write(notebook, path)
+
+
+# Paths whose changes can change a result; an edit elsewhere (README, committed outputs, the executed
+# notebooks the workflow writes) does not make a build "modified".
+CODE_PATHS = ("src", "rules", "notebooks", ":(exclude)notebooks/executed", "config", "Snakefile", "pyproject.toml",
+              "requirements.txt")
 
 
 def git_description(root: str | Path) -> str:

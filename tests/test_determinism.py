@@ -58,7 +58,8 @@ def test_two_processes_give_identical_rows_and_tables(tmp_path):
     strip = [[{k: v for k, v in r.items() if k not in MEASURED} for r in rows] for rows in (first, second)]
     assert json.dumps(strip[0]) == json.dumps(strip[1])  # every metric to the last bit
     runs = pd.DataFrame([{**{k: r[k] for k in ("run", "method", "params", "num_steps", "guidance",
-                                                 "reconstruction_guidance")}, "alias_of": ""}
+                                                 "reconstruction_guidance")}, "alias_of": "",
+                          "nfe_per_image": r["nfe_inversion"] + r["nfe_reconstruction"]}
                          for r in first[::3]])
     written = []
     for k, rows in enumerate((first, second)):

@@ -243,3 +243,20 @@ def test_build_all_labels_every_caption(results, runs):
     assert list(built) == list(tables.CAPTIONS)
     assert all("demo model, not the paper's numbers" in caption for _, caption in built.values())
     assert list(built["table1_reconstruction"][0]["run"].unique()) == ["ddim", "ife"]
+
+
+def test_each_run_meets_the_reference_at_its_own_cost():
+    """A sweep at N = 10 is compared with IFE at N = 10, RF-Solver at N / 2 steps (2 calls a step) with IFE at
+    N, a run at 3x IFE's cost with the nearest IFE; IFE's own variants with IFE."""
+    def run(name, method, steps, nfe, params="{}", alias=""):
+        return {"run": name, "method": method, "params": params, "num_steps": steps, "guidance": 1.0,
+                "reconstruction_guidance": 1.0, "run_dtype": "", "alias_of": alias, "nfe_per_image": nfe}
+
+    runs = pd.DataFrame([run("ife", "ife", 50, 100, '{"compute_e0": false}'),
+                         run("ife-N10", "ife", 10, 20, '{"compute_e0": false}'),
+                         run("ife_e0", "ife", 50, 101, '{"compute_e0": true}'),
+                         run("ddim-N10", "ddim", 10, 20), run("uni_inv-N10", "uni_inv", 10, 21),
+                         run("rf_solver_half", "rf_solver", 25, 100), run("fpi", "fpi", 50, 200),
+                         run("fpi-K3", "fpi", 50, 200, alias="fpi")])
+    assert tables.reference_runs(runs, "ife") == {"ife-N10": "ife", "ife_e0": "ife", "ddim-N10": "ife-N10",
+                                                  "uni_inv-N10": "ife-N10", "rf_solver_half": "ife", "fpi": "ife"}

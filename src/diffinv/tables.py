@@ -28,7 +28,8 @@ LABELS = {
     "batch_size": "Batch", "peak_mem_mb": "Peak MB", "peak_mem_kind": "Memory", "images_per_hour": "Images/h",
     "error_approximation": "Error approx.", "error_from": "Error from", "e0": "e0", "N": "N", "K": "K",
     "difference": "Difference",
-    "better": "Images better", "reference": "Reference", "nfe_round_trip": "NFE per image (inv+rec)",
+    "better": "Images better", "reference": "Reference", "reference_nfe": "Reference NFE",
+    "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
     "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype", "verdict": "95% CI says",
 }
@@ -220,14 +221,39 @@ def verdict(diff: pd.Series, mean: float, ci: float) -> str:
     return "higher" if mean - ci > 0 else "lower" if mean + ci < 0 else "not resolved"
 
 
+def reference_runs(runs: pd.DataFrame, reference: str) -> dict[str, str]:
+    """For each computed run, the run it is compared with: among ``reference`` and its variants that differ from
+    it only in N (its num_steps sweep), the one with the NFE per image closest to the run's (ties: the same N,
+    then ``reference`` itself). So a sweep at N = 10 meets IFE at N = 10, and RF-Solver at N / 2 steps (2 calls a
+    step) meets IFE at N: every comparison is at equal (or the nearest) cost. The variants themselves are
+    compared with ``reference``."""
+    computed = _computed(runs).set_index("run")
+    setting = computed.reindex(columns=["method", "params", "guidance", "reconstruction_guidance", "run_dtype"])
+    setting = setting.fillna("").astype(str)  # a runs.csv of an older version has no run_dtype
+    base = computed.loc[_canonical(runs, reference)]
+    same = computed[(setting == setting.loc[base.name]).all(axis=1)]
+    out = {}
+    for name, run in computed.iterrows():
+        if name in same.index:
+            if name != base.name:
+                out[name] = base.name
+            continue
+        cost = (same["nfe_per_image"] - run["nfe_per_image"]).abs()
+        order = sorted(same.index, key=lambda r: (cost[r], same.loc[r, "num_steps"] != run["num_steps"], r != base.name))
+        out[name] = order[0]
+    return out
+
+
 def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, metric: str = "psnr") -> pd.DataFrame:
     """Per dataset and computed run: the mean per-image difference ``run - reference`` in ``metric`` over
     the images both inverted without error, its 95% CI, on how many images the run is higher, and the
-    :func:`verdict` the CI supports."""
-    ref_name = _canonical(runs, reference)
-    names = [name for name in _computed(runs)["run"] if name != ref_name]
+    :func:`verdict` the CI supports; ``reference`` at the run's cost (:func:`reference_runs`), named in the
+    ``reference`` column with its NFE per image."""
+    references = reference_runs(runs, reference)
+    nfe = _computed(runs).set_index("run")["nfe_per_image"]
     out = []
-    for dataset, name, group in _groups(results, runs, names):
+    for dataset, name, group in _groups(results, runs, references):
+        ref_name = references[name]
         rows = results[results["dataset"] == dataset]
         ref = _ok(rows[rows["run"] == ref_name]).set_index("id")[metric]
         own = _ok(group).set_index("id")[metric]
@@ -235,9 +261,9 @@ def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, me
         with np.errstate(invalid="ignore"):  # inf - inf (two exact methods) is undefined, not zero
             diff = own[common] - ref[common]
         mean, ci = mean_ci(diff)
-        out.append({"dataset": dataset, "run": name, "reference": reference, "images": len(common),
-                    "difference": mean, "difference_ci95": ci, "better": int((diff > 0).sum()),
-                    "verdict": verdict(diff, mean, ci)})
+        out.append({"dataset": dataset, "run": name, "nfe_per_image": int(nfe[name]), "reference": ref_name,
+                    "reference_nfe": int(nfe[ref_name]), "images": len(common), "difference": mean,
+                    "difference_ci95": ci, "better": int((diff > 0).sum()), "verdict": verdict(diff, mean, ci)})
     return pd.DataFrame(out)
 
 

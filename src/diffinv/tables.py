@@ -229,7 +229,7 @@ def reference_runs(runs: pd.DataFrame, reference: str) -> dict[str, str]:
     compared with ``reference``."""
     computed = _computed(runs).set_index("run")
     setting = computed.reindex(columns=["method", "params", "guidance", "reconstruction_guidance", "run_dtype"])
-    setting = setting.fillna("").astype(str)  # a runs.csv of an older version has no run_dtype
+    setting = setting.astype(object).fillna("").astype(str)  # an older runs.csv has no run_dtype
     base = computed.loc[_canonical(runs, reference)]
     same = computed[(setting == setting.loc[base.name]).all(axis=1)]
     out = {}

@@ -29,6 +29,7 @@ LABELS = {
     "error_approximation": "Error approx.", "error_from": "Error from", "e0": "e0", "N": "N", "K": "K",
     "difference": "Difference",
     "better": "Images better", "reference": "Reference", "reference_nfe": "Reference NFE",
+    "reference_psnr": "Reference PSNR",
     "nfe_round_trip": "NFE per image (inv+rec)",
     "nfe_source": "NFE from", "nfe_all_images": "NFE, all images", "gpu_hours": "GPU-hours",
     "vae_hours": "VAE hours", "dtype": "dtype", "latent_dtype": "Latent dtype", "verdict": "95% CI says",
@@ -36,7 +37,8 @@ LABELS = {
 TEX_LABELS = {"e0": "$e_0$"}  # math the escaper must not touch
 # Decimals per metric so a column reads uniformly; other floats: integers plain, else 4 significant digits.
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips_alex": 3, "lpips_vgg": 3, "seconds_inversion": 2, "seconds_total": 2,
-            "peak_mem_mb": 0, "images_per_hour": 1, "gpu_hours": 1, "vae_hours": 2, "difference": 2}
+            "peak_mem_mb": 0, "images_per_hour": 1, "gpu_hours": 1, "vae_hours": 2, "difference": 2,
+            "reference_psnr": 2}
 
 
 # ---------------------------------------------------------------- selecting runs and rows
@@ -261,8 +263,9 @@ def paired_against(results: pd.DataFrame, runs: pd.DataFrame, reference: str, me
         with np.errstate(invalid="ignore"):  # inf - inf (two exact methods) is undefined, not zero
             diff = own[common] - ref[common]
         mean, ci = mean_ci(diff)
-        out.append({"dataset": dataset, "run": name, "nfe_per_image": int(nfe[name]), "reference": ref_name,
-                    "reference_nfe": int(nfe[ref_name]), "images": len(common), "difference": mean,
+        out.append({"dataset": dataset, "run": name, "nfe_per_image": int(nfe[name]), metric: own[common].mean(),
+                    "reference": ref_name, "reference_nfe": int(nfe[ref_name]),
+                    f"reference_{metric}": ref[common].mean(), "images": len(common), "difference": mean,
                     "difference_ci95": ci, "better": int((diff > 0).sum()), "verdict": verdict(diff, mean, ci)})
     return pd.DataFrame(out)
 

@@ -228,7 +228,7 @@ def test_error_from_estimate_is_the_default_and_a_bad_value_is_named(mixture, mi
 
 @pytest.mark.parametrize("num_steps", [10, 50])
 def test_uni_inv_is_ife_with_the_transfer_reading_and_e0_on_vp(mixture, mixture_samples, num_steps):
-    """The relation (the methods document, "IFE and Uni-Inv: the relation"): with ``s_0 > 0`` IFE's estimate
+    """The relation (``docs/methods.md``, "IFE and Uni-Inv: the relation"): with ``s_0 > 0`` IFE's estimate
     is ``Phi(i-1 -> i; z_{i-1}, eps(i-1; z_{i-1}, z0 + e_{i-1}))``; the transfer reading makes that noise the
     previous step's, which is Uni-Inv's predictor. Equal step by step to round-off, with the same N + 1 calls
     and reconstruction."""

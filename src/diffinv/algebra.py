@@ -1,4 +1,4 @@
-"""The shared algebra of a Gaussian path (``shared/design/methods.md``, "Notation"): every method calls these.
+"""The shared algebra of a Gaussian path (``docs/methods.md``, "Notation"): every method calls these.
 
 ``z`` may be a tensor of any dtype; coefficients are float64 scalars, so results keep z's dtype.
 

@@ -1,7 +1,7 @@
 """The time grid: levels 0..N of a Gaussian path ``z = a_i x + s_i eps``, from a diffusers scheduler config.
 
-Every method is written with ``(a_i, s_i)`` alone (``shared/design/methods.md``, "Notation" and "Any
-Gaussian path"), so one grid object serves two families:
+Every method is written with ``(a_i, s_i)`` alone (``docs/methods.md``, "Notation" and "Two paths, one
+algebra"), so one grid object serves two families:
 
 - VP / DDIM (Stable Diffusion 1.x, 2.x, SDXL): ``a_i = sqrt(alpha_bar_i)``, ``s_i = sqrt(1 - alpha_bar_i)``,
   the grid of diffusers' ``DDIMScheduler.set_timesteps``. Level 0 is the clean latent; its alpha-bar is

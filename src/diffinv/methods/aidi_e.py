@@ -3,7 +3,7 @@
 ``u_0 = z_{i-1}``, ``u_1 = F_i(u_0)``; from the second iterate on
 ``u_{k+1} = Phi(i-1 -> i; z_{i-1}, (eps_k + eps_{k-1}) / 2)`` with ``eps_k = eps_i(u_k)``. Since ``F_i``
 is affine in eps this averages the last two F-values; the previous eps is cached, so each iterate
-costs 1 NFE: K per step. No official code exists; this follows ``shared/design/methods.md`` (the
+costs 1 NFE: K per step. No official code exists; this follows ``docs/methods.md`` ("aidi_e"; the
 third-party wmchen reimplementation recomputes the old F-value and spends 2 NFE per iterate).
 Default K = 3, as for ``fpi``.
 """

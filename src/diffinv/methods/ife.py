@@ -1,5 +1,5 @@
 """IFE, the iteration-free fixed-point estimator (Chen, Song, Pan, Yu, Yin, Lai, arXiv 2512.08547),
-as reconstructed in ``shared/design/methods.md`` from the paper's abstract and captions.
+as reconstructed in ``docs/methods.md`` ("IFE as reconstructed here") from the paper's abstract and captions.
 
 The ideal step's fixed point is explicit: ``z_i* = (s_i / s_{i-1}) z_{i-1} + kappa_i (z0 + e_i)`` with the
 unknown data-prediction error ``e_i = x* - z0``. IFE replaces ``e_i`` by the previous step's error:

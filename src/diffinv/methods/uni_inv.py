@@ -14,7 +14,7 @@ A predictor-corrector: 1 NFE per step and one at the start (N + 1); the reconstr
 - VP path (DDIM form, the noise held fixed): ``zt_i = Phi(i-1 -> i; z_{i-1}, eps_prev)`` (= ``a_i x_prev +
   s_i eps_prev`` with the pair the previous transfer used), ``eps_i = eps_i(zt_i)``, ``z_i = Phi(i-1 -> i;
   z_{i-1}, eps_i)``, starting from ``eps_prev = eps_0(z0)``. This is IFE with ``error_from="transfer"`` and
-  ``compute_e0=True`` wherever ``s_0 > 0`` (the methods document, "IFE and Uni-Inv: the relation";
+  ``compute_e0=True`` wherever ``s_0 > 0`` (``docs/methods.md``, "IFE and Uni-Inv: the relation";
   ``tests/test_rivals.py``).
 
 The official DDIM scheduler starts differently: it takes z0 at alpha-bar 1 (not at level 0's alpha-bar,

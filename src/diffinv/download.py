@@ -54,9 +54,13 @@ class ChecksumError(DownloadError):
                    algorithm=algorithm, expected=expected, actual=actual)
 
 
-def file_digests(path: str | os.PathLike, algorithms: Iterable[str]) -> dict[str, str]:
-    """Hex digests of a file for several algorithms in one chunked pass (multi-GB files need no memory)."""
+def file_digests(path: str | os.PathLike, algorithms: Iterable[str], *,
+                 prefix: dict[str, bytes] | None = None) -> dict[str, str]:
+    """Hex digests of a file for several algorithms in one chunked pass (multi-GB files need no memory);
+    ``prefix[alg]`` is hashed before the file's bytes (git's blob header, for one)."""
     hashes = {alg: hashlib.new(alg) for alg in algorithms}
+    for alg, head in (prefix or {}).items():
+        hashes[alg].update(head)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             for h in hashes.values():

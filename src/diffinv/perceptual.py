@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import copy
 import functools
-import hashlib
 import pickle
 import re
 import tarfile
@@ -62,11 +61,9 @@ _FORMAT = "diffinv-lpips-trunk/1"
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .download import file_digest
+
+    return file_digest(path)
 
 
 # --- restricted unpickling --------------------------------------------------------------------------------

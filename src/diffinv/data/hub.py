@@ -11,13 +11,12 @@ blob name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
-from ..download import CHUNK, ChecksumError, atomic_write_text
+from ..download import ChecksumError, atomic_write_text, file_digests
 
 # What diffinv loads: configs, tokenizer files (CLIP's vocab/merges, T5's tokenizer.json and
 # spiece.model) and the full-precision safetensors of each component folder (unet or transformer, vae,
@@ -65,13 +64,8 @@ def snapshot(repo_id: str, revision: str, cache_dir: str | os.PathLike, *, allow
 
 def _hashes(path: Path) -> tuple[str, str]:
     """SHA-256 and git blob SHA-1 (``sha1(b"blob <size>\\0" + data)``) of a file in one pass."""
-    sha256, git = hashlib.sha256(), hashlib.sha1()
-    git.update(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            sha256.update(chunk)
-            git.update(chunk)
-    return sha256.hexdigest(), git.hexdigest()
+    digests = file_digests(path, ("sha256", "sha1"), prefix={"sha1": b"blob %d\0" % path.stat().st_size})
+    return digests["sha256"], digests["sha1"]
 
 
 def verify_snapshot(folder: str | os.PathLike) -> list[dict]:

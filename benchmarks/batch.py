@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffinv.config import Run
+from diffinv.api import Run
 from diffinv.data import DEMO_EVAL, DEMO_FIT, load_photo
 from diffinv.demo import fit_demo_model
 from diffinv.images import load_image
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     low = getattr(torch, args.reduced or ("float16" if device.type == "cuda" else "bfloat16"))
-    run = Run(args.method, args.method, {}, args.steps, 1.0, 1.0)
+    run = Run(args.method, num_steps=args.steps)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     with tempfile.TemporaryDirectory() as tmp:

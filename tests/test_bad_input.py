@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from diffinv import images as images_module
-from diffinv.config import Run
+from diffinv.api import Run
 from diffinv.data.captions import MANIFEST_COLUMNS, read_manifest
 from diffinv.images import load_image
 from diffinv.testing import shard_rows
@@ -92,7 +92,7 @@ def shard(tmp_path, monkeypatch):
 
 def test_every_bad_input_is_one_error_row_naming_file_and_reason(shard):
     folder, items = shard
-    rows = shard_rows(patch_model(), Run("ddim", "ddim", {}, 5, 1.0, 1.0), items, images_dir=folder,
+    rows = shard_rows(patch_model(), Run("ddim", num_steps=5), items, images_dir=folder,
                      resolution=RESOLUTION, dataset="t")
     assert [r["id"] for r in rows] == [i["id"] for i in items]  # the shard completed, in order
     first = {}
@@ -156,7 +156,7 @@ def test_an_id_that_is_a_path_is_one_error_row_and_writes_nothing_outside(tmp_pa
         read_manifest(path)
     items = [{**row, "index": i} for i, row in enumerate(read_manifest(path, strict=False))]
     before = {p for p in tmp_path.rglob("*")}
-    rows = shard_rows(patch_model(), Run("ddim", "ddim", {}, 3, 1.0, 1.0), items, images_dir=folder,
+    rows = shard_rows(patch_model(), Run("ddim", num_steps=3), items, images_dir=folder,
                       resolution=RESOLUTION, dataset="t", qualitative=10, save_latents=True,
                       recon_dir=work / "recon", checkpoint=work / "partial")
     assert [r["status"] == "ok" for r in rows] == [True, False, False, False]

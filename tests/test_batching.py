@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import random_mixture
 from diffinv import METHODS
-from diffinv.config import Run
+from diffinv.api import Run
 from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
 from diffinv.schedule import SD3_SCHEDULER_CONFIG
 from diffinv.testing import shard_rows, write_tiny_stable_diffusion
@@ -59,7 +59,7 @@ def test_batched_rows_equal_batch_one_bit_for_bit_on_the_analytic_model(shard, m
     folder, items = shard
     flow = {"scheduler_config": SD3_SCHEDULER_CONFIG} if path == "flow" else {}
     model = random_mixture(k=4, d=48, patch_size=4, **flow)  # full covariances: the eigenbasis einsum path
-    run = Run(method, method, PARAMS.get(method, {}), 6, 1.0, 1.0)
+    run = Run(method, PARAMS.get(method, {}), num_steps=6)
     common = dict(images_dir=folder, resolution=16, dataset="t", qualitative=6, save_latents=True)
     one = shard_rows(model, run, items, recon_dir=tmp_path / "one", **common)
     calls = model.nfe
@@ -92,7 +92,7 @@ def test_a_diverging_image_is_an_error_row_and_its_batch_neighbours_are_untouche
     items = [items[0], {**items[1], "id": "flat", "file": "flat.png"}, items[2]]
     base = random_mixture(k=4, d=48)
     model = FlatImageDiverges(base.weights, base.means, base.covariances, patch_size=4)
-    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    run = Run("ddim", num_steps=5)
     common = dict(images_dir=folder, resolution=16, dataset="t")
     batched = shard_rows(model, run, items, batch_size=3, **common)
     assert [r["status"] for r in batched] == ["ok", "error: non-finite inverted latent", "ok"]
@@ -113,7 +113,7 @@ def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
     folder, items = shard
     base = random_mixture(k=4, d=48)
     model = FailsInBatches(base.weights, base.means, base.covariances, patch_size=4)
-    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    run = Run("ddim", num_steps=5)
     common = dict(images_dir=folder, resolution=16, dataset="t")
     with caplog.at_level(logging.WARNING, logger="diffinv.runs"):
         batched = shard_rows(model, run, items[:5], batch_size=4, **common)
@@ -126,7 +126,7 @@ def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
 def test_batch_size_below_one_is_refused(shard):
     folder, items = shard
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
-        shard_rows(random_mixture(k=2, d=48, patch_size=4), Run("ddim", "ddim", {}, 2, 1.0, 1.0), items,
+        shard_rows(random_mixture(k=2, d=48, patch_size=4), Run("ddim", num_steps=2), items,
                   images_dir=folder, resolution=16, dataset="t", batch_size=0)
 
 
@@ -135,7 +135,7 @@ def test_unet_batches_count_the_same_nfe_and_agree_to_round_off(shard, tmp_path,
     folder, items = shard
     model = StableDiffusionBackend.from_pretrained(write_tiny_stable_diffusion(tmp_path / "sd"), device="cpu",
                                                    dtype=torch.float32)
-    run = Run(method, method, {}, 4, guidance, guidance)
+    run = Run(method, num_steps=4, guidance=guidance)
     common = dict(images_dir=folder, resolution=16, dataset="t")
     one = shard_rows(model, run, items[:3], **common)
     two = shard_rows(model, run, items[:3], batch_size=3, **common)

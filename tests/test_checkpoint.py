@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffinv.config import Run
+from diffinv.api import Run
 from diffinv.models import GaussianMixtureDenoiser
 from diffinv.testing import shard_rows
 
-RUN = Run("ife", "ife", {}, 6, 1.0, 1.0)
+RUN = Run("ife", num_steps=6)
 IMAGES = 6
 MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb", "batch_size", "batch_id"}  # timings
 
@@ -91,7 +91,7 @@ def test_a_checkpoint_of_other_settings_is_not_reused(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     shard(folder, tmp_path / "partial", tmp_path / "a")
-    other = Run("ife", "ife", {}, 4, 1.0, 1.0)
+    other = Run("ife", num_steps=4)
     m = model()
     rows = shard_rows(m, other, items(folder), images_dir=folder, resolution=16, dataset="t",
                      checkpoint=tmp_path / "partial")

@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 
-from diffinv.config import ConfigError, Run, expand_runs, prepare, shard_ranges
+from diffinv.api import Run
+from diffinv.config import ConfigError, expand_runs, prepare, shard_ranges
 from snakemake_runner import ROOT
 
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -104,3 +105,18 @@ def test_a_run_survives_runs_csv():
     back = [Run.from_dict(row) for row in csv.DictReader(io.StringIO(buffer.getvalue()))]
     assert [r.signature for r in back] == [r.signature for r in runs.values()]
     assert [r.as_dict() for r in back] == [r.as_dict() for r in runs.values()]
+
+
+def test_a_run_is_made_by_hand_from_a_method_and_its_parameters():
+    """Everything but the method is defaulted and checked: N = 50, no guidance, reconstruction guidance that
+    of the inversion, the name the method's, parameters completed from the signature."""
+    from diffinv.methods import ParamError
+
+    run = Run("fpi", {"K": 5})
+    assert (run.name, run.num_steps, run.guidance, run.reconstruction_guidance, run.params) == ("fpi", 50, 1.0, 1.0,
+                                                                                              {"K": 5})
+    guided = Run("ife", guidance=7.5)
+    assert guided.reconstruction_guidance == 7.5 and guided.params["compute_e0"] is False
+    assert Run("ddim", name="x").signature == Run("ddim").signature  # a name is not a setting
+    with pytest.raises(ParamError, match="K: must be an integer >= 1, got 0"):
+        Run("fpi", {"K": 0})

@@ -21,8 +21,7 @@ def child(folder: str, out: str) -> None:
     import torch
     from PIL import Image
 
-    from diffinv.config import Run
-    from diffinv.methods import get_method
+    from diffinv.api import Run
     from diffinv.testing import shard_rows
     from test_runs import patch_model
 
@@ -34,7 +33,7 @@ def child(folder: str, out: str) -> None:
         items.append({"index": k, "id": f"im{k}", "file": f"{k}.png", "caption": "x", "status": "ok"})
     rows = []
     for name, (method, params) in RUNS.items():
-        run = Run(name, method, get_method(method).resolve(params), 8, 1.0, 1.0)
+        run = Run(method, params, num_steps=8, name=name)
         rows += shard_rows(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t")
     Path(out).write_text(json.dumps(rows))
 

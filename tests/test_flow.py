@@ -273,14 +273,15 @@ def test_nfe_estimate_of_the_flow_mixture_walks_its_own_grid(flow, samples):
     runtimes) must count that, not the VP grid's N steps."""
     import yaml
 
-    from diffinv.config import Run, nfe_estimate
+    from diffinv.api import Run
+    from diffinv.config import nfe_estimate
     from snakemake_runner import ROOT
 
     model = yaml.safe_load((ROOT / "config" / "demo-flow.yaml").read_text())["model"]
     result = invert("edict", flow, samples[:1], num_steps=10)
     before = flow.nfe
     reconstruct("edict", flow, result)
-    run = Run("edict", "edict", METHODS["edict"].resolve({}), 10, 1.0, 1.0)
+    run = Run("edict", num_steps=10)
     assert nfe_estimate(run, model) == result.nfe + flow.nfe - before == 36
     assert nfe_estimate(run, {**model, "path": "vp"}) == nfe_estimate(run, "gaussian_mixture") == 40
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from diffinv import METHODS, invert, reconstruct
-from diffinv.config import ConfigError, ModelSpec, Run, nfe_estimate, prepare
+from diffinv.api import Run
+from diffinv.config import ConfigError, ModelSpec, nfe_estimate, prepare
 from diffinv.data.hub import SD_ALLOW, SD_IGNORE, snapshot
 from diffinv.models import BACKENDS, Conditioning, folder_kind
 from diffinv.models.flux import image_ids, pack, unpack
@@ -363,7 +364,7 @@ def test_a_workflow_shard_runs_and_batches_to_round_off(models, kind, tmp_path):
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
     items = [{"index": k, "id": name, "file": f"{name}.png", "caption": f"photo {name}", "status": "ok"}
              for k, name in enumerate("ab")]
-    run = Run("ife", "ife", {}, 4, 2.0, 2.0)
+    run = Run("ife", num_steps=4, guidance=2.0)
     rows = {size: shard_rows(model, run, items, images_dir=tmp_path, resolution=16, batch_size=size)
             for size in (1, 2)}
     per_step = 1 if kind == "flux" else 2
@@ -399,7 +400,7 @@ def test_each_example_config_prepares(kind):
     if kind == "sdxl":
         assert runs["easyinv"].params["eta"] == 0.8 and runs["easyinv"].params["s"] == 0.85
     # FLUX.1-dev's guidance is one pass: a guided DDIM round trip of 10 steps costs 20 NFE, elsewhere 40
-    assert nfe_estimate(Run("guided", "ddim", {}, 10, 3.0, 3.0), kind) == (20 if kind == "flux" else 40)
+    assert nfe_estimate(Run("ddim", num_steps=10, guidance=3.0, name="guided"), kind) == (20 if kind == "flux" else 40)
 
 
 @pytest.mark.parametrize("kind, resolution, ok", [("sd3", 1000, False), ("flux", 1008, True), ("sdxl", 1000, True),

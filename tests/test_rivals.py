@@ -198,16 +198,17 @@ def test_a_config_runs_a_method_only_on_its_path():
 
 def test_the_nfe_estimate_prices_the_rivals():
     """runs.csv, the budget and job runtimes read config.nfe_estimate: inversion + reconstruction per image."""
-    from diffinv.config import Run, nfe_estimate
+    from diffinv.api import Run
+    from diffinv.config import nfe_estimate
     from snakemake_runner import load_config
 
     flow_model = load_config("demo-flow.yaml")["model"]
     cases = {("uni_inv", "gaussian_mixture"): 21, ("uni_inv", "sd3"): 21, ("fireflow", "sd3"): 22,
              ("rf_solver", "sd3"): 40, ("fireflow", "flux"): 22, ("ife", "gaussian_mixture"): 20}
     for (method, kind), nfe in cases.items():
-        assert nfe_estimate(Run(method, method, METHODS[method].resolve({}), 10, 1.0, 1.0), kind) == nfe
-    assert nfe_estimate(Run("f", "fireflow", {}, 10, 1.0, 1.0), flow_model) == 22
-    assert nfe_estimate(Run("r", "rf_solver", {}, 10, 3.0, 3.0), "sd3") == 80   # guided: 2 passes a call
+        assert nfe_estimate(Run(method, num_steps=10), kind) == nfe
+    assert nfe_estimate(Run("fireflow", num_steps=10, name="f"), flow_model) == 22
+    assert nfe_estimate(Run("rf_solver", num_steps=10, guidance=3.0, name="r"), "sd3") == 80   # guided: 2 passes a call
 
 
 # -- IFE's error reading and Uni-Inv ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffinv.config import Run
+from diffinv.api import Run
 from diffinv.models import GaussianMixtureDenoiser
 from diffinv.runs import row_columns
 from diffinv.testing import shard_rows
@@ -40,7 +40,7 @@ def shard(tmp_path):
 
 def test_each_image_is_one_row_and_bad_ones_are_error_rows(shard, tmp_path):
     folder, items = shard
-    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    run = Run("ddim", num_steps=5)
     rows = shard_rows(patch_model(), run, items, images_dir=folder, resolution=16, dataset="t", qualitative=1,
                      recon_dir=tmp_path / "recon")
     assert [r["id"] for r in rows] == ["a", "b", "c", "d", "e"]
@@ -59,7 +59,7 @@ def test_each_image_is_one_row_and_bad_ones_are_error_rows(shard, tmp_path):
 def test_a_diverging_method_is_an_error_row_and_the_shard_goes_on(shard):
     folder, items = shard
     model = NaNModel(np.ones(3) / 3, np.zeros((3, 48)), np.full(3, 0.05), patch_size=4)
-    rows = shard_rows(model, Run("ife", "ife", {}, 5, 1.0, 1.0), [items[0], items[4]], images_dir=folder,
+    rows = shard_rows(model, Run("ife", num_steps=5), [items[0], items[4]], images_dir=folder,
                      resolution=16, dataset="t")
     assert [r["status"] for r in rows] == ["error: non-finite inverted latent"] * 2
 
@@ -68,7 +68,7 @@ def test_unquantised_scoring_measures_the_float_reconstruction_and_still_saves_8
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(30, 226, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "mid.png")  # no clipping
     items = [{"index": 0, "id": "a", "file": "mid.png", "caption": "x", "status": "ok"}]
-    run = Run("ddim", "ddim", {}, 5, 1.0, 1.0)
+    run = Run("ddim", num_steps=5)
     rows = {q: shard_rows(patch_model(), run, items, images_dir=tmp_path, resolution=16, qualitative=1,
                           recon_dir=tmp_path / f"recon{q}", quantize=q)[0] for q in (True, False)}
     exact, rounded = rows[False], rows[True]
@@ -91,5 +91,5 @@ def test_the_mixtures_latent_is_its_image_so_its_own_round_trip_is_not_scored_tw
     np.testing.assert_allclose(to_unit(decoded)[0], image / 255, rtol=0, atol=1e-15)
     Image.fromarray(image).save(tmp_path / "x.png")
     items = [{"index": 0, "id": "a", "file": "x.png", "caption": "x", "status": "ok"}]
-    row = shard_rows(model, Run("ddim", "ddim", {}, 5, 1.0, 1.0), items, images_dir=tmp_path, resolution=16)[0]
+    row = shard_rows(model, Run("ddim", num_steps=5), items, images_dir=tmp_path, resolution=16)[0]
     assert (row["psnr_vae"], row["ssim_vae"], row["mse_vae"]) == (row["psnr"], row["ssim"], row["mse"])

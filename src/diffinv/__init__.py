@@ -4,12 +4,12 @@ The names below load on first use: they import torch (2 s), and most workflow jo
 that needs none of it (``diffinv.notebooks``, ``diffinv.config``'s job descriptions unpickled by a job).
 """
 
-__all__ = ["invert", "reconstruct", "InversionResult", "guided_eps", "METHODS", "get_method", "Schedule"]
+__all__ = ["invert", "reconstruct", "Run", "InversionResult", "guided_eps", "METHODS", "get_method", "Schedule"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in ("invert", "reconstruct", "InversionResult", "guided_eps"):
+    if name in ("invert", "reconstruct", "Run", "InversionResult", "guided_eps"):
         from . import api as module
     elif name in ("METHODS", "get_method"):
         from . import methods as module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,50 @@ from torch import Tensor
 from .methods import EpsFn, get_method
 from .models.base import Conditioning, DiffusionModel, Prompt
 from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Run:
+    """One inversion setting: a method and its parameters, N and the guidance of both directions.
+
+    ``Run("fpi", {"K": 5})`` is FPI with K = 5 at N = 50 without guidance. ``params`` are checked against the
+    method's signature and completed with its defaults; ``reconstruction_guidance`` defaults to ``guidance``,
+    ``name`` to the method; ``dtype`` is the network's dtype for this run only (a precision ablation; None:
+    the model's). :attr:`signature` is every setting that can change a result, and nothing else.
+    """
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    num_steps: int = 50
+    guidance: float = 1.0
+    reconstruction_guidance: float | None = None
+    dtype: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", get_method(self.method).resolve(dict(self.params)))
+        if self.reconstruction_guidance is None:
+            object.__setattr__(self, "reconstruction_guidance", self.guidance)
+        if not self.name:
+            object.__setattr__(self, "name", self.method)
+
+    @property
+    def signature(self) -> str:
+        own_dtype = [self.dtype] if self.dtype else []  # unset, a run keeps the signature it always had
+        return json.dumps([self.method, self.params, self.num_steps, self.guidance, self.reconstruction_guidance,
+                           *own_dtype], sort_keys=True, default=str)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A row of ``runs.csv`` (:meth:`from_dict` reads it back)."""
+        return {"run": self.name, "method": self.method, "params": json.dumps(self.params, sort_keys=True),
+                "num_steps": self.num_steps, "guidance": self.guidance,
+                "reconstruction_guidance": self.reconstruction_guidance, "run_dtype": self.dtype or ""}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Run":
+        """The inverse of :meth:`as_dict` (a row of ``runs.csv``, as text or numbers)."""
+        return cls(row["method"], json.loads(row["params"] or "{}"), int(row["num_steps"]), float(row["guidance"]),
+                   float(row["reconstruction_guidance"]), row.get("run_dtype") or None, row["run"])
 
 
 @dataclass

@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from .config import Run
+    from .api import Run
     from .images import load_image, save_image
     from .models import GaussianMixtureDenoiser
     from .roundtrip import round_trip
@@ -119,7 +119,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     folders = {Path(args.out) if args.out else Path(p).parent for p in args.images}
     for folder in sorted(folders):
         writable_folder(folder)
-    run = Run(args.method, args.method, params, args.steps, args.guidance, args.guidance)
+    run = Run(args.method, params, num_steps=args.steps, guidance=args.guidance)
     model = load_model(args.model, args.device, args.dtype)
     multiple = model.patch_size if isinstance(model, GaussianMixtureDenoiser) and model.patch_size else 8
     multiple = getattr(model, "pixel_multiple", multiple)  # 16 for SD3 and FLUX.1 (VAE 8 x patch 2)

@@ -8,48 +8,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from .api import Run
 from .methods import ParamError, get_method
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot run; the message starts with the key."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One inversion setting: a method, its resolved parameters, steps and guidance."""
-
-    name: str
-    method: str
-    params: dict[str, Any] = field(hash=False)
-    num_steps: int
-    guidance: float
-    reconstruction_guidance: float
-    dtype: str | None = None  # the network's dtype for this run only (a precision ablation); None: model.dtype
-
-    @property
-    def signature(self) -> str:
-        own_dtype = [self.dtype] if self.dtype else []  # unset, a run keeps the signature it always had
-        return json.dumps([self.method, self.params, self.num_steps, self.guidance, self.reconstruction_guidance,
-                           *own_dtype], sort_keys=True, default=str)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"run": self.name, "method": self.method, "params": json.dumps(self.params, sort_keys=True),
-                "num_steps": self.num_steps, "guidance": self.guidance,
-                "reconstruction_guidance": self.reconstruction_guidance, "run_dtype": self.dtype or ""}
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> "Run":
-        """The inverse of :meth:`as_dict` (a row of ``runs.csv``, as text or numbers); tuples in the params
-        come back as lists, which leaves the signature unchanged."""
-        return cls(row["run"], row["method"], json.loads(row["params"] or "{}"), int(row["num_steps"]),
-                   float(row["guidance"]), float(row["reconstruction_guidance"]), row.get("run_dtype") or None)
 
 
 @dataclass(frozen=True)
@@ -192,9 +162,10 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
             raise ConfigError(f"config key runs.{name}.params.{exc.name}: {exc.reason}") from None
         except TypeError as exc:
             raise ConfigError(f"config key runs.{name}.params: {exc}") from None
-        runs[name] = Run(name, method.name, params, spec.get("num_steps", inv["num_steps"]),
+        runs[name] = Run(method.name, params, spec.get("num_steps", inv["num_steps"]),
                          float(spec.get("guidance", inv["guidance"])),
-                         float(spec.get("reconstruction_guidance", inv["reconstruction_guidance"])), spec.get("dtype"))
+                         float(spec.get("reconstruction_guidance", inv["reconstruction_guidance"])), spec.get("dtype"),
+                         name)
     for run in runs.values():
         if get_method(run.method).state != "latent" and run.guidance != run.reconstruction_guidance:
             raise ConfigError(f"config key runs.{run.name}: an exact method needs the same guidance in both "
@@ -217,17 +188,13 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
                         get_method(base.method).resolve({"K": value})
                     except ParamError as exc:
                         raise ConfigError(f"config key sweeps.{index}.values: {base.method}'s {exc}") from None
-                    name, run = f"{base_name}-K{value}", Run("", base.method, {**base.params, "K": value},
-                                                             base.num_steps, base.guidance,
-                                                             base.reconstruction_guidance, base.dtype)
+                    name, run = f"{base_name}-K{value}", replace(base, params={**base.params, "K": value})
                 else:
-                    name, run = f"{base_name}-N{value}", Run("", base.method, base.params, value, base.guidance,
-                                                             base.reconstruction_guidance, base.dtype)
+                    name, run = f"{base_name}-N{value}", replace(base, num_steps=value)
                 if run.signature in by_signature:
                     aliases[name] = by_signature[run.signature]
                 else:
-                    variants[name] = Run(name, run.method, run.params, run.num_steps, run.guidance,
-                                         run.reconstruction_guidance, run.dtype)
+                    variants[name] = replace(run, name=name)
                     by_signature[run.signature] = name
     return {**runs, **variants}, aliases
 

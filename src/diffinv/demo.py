@@ -12,9 +12,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .config import Run
+from .api import Run
 from .data import DEMO_EVAL, DEMO_FIT, load_photo
-from .methods import METHODS, get_method
+from .methods import METHODS
 from .models import GaussianMixtureDenoiser, fit_gaussian_mixture
 from .roundtrip import round_trip
 
@@ -79,7 +79,7 @@ def evaluate(model: GaussianMixtureDenoiser, images: np.ndarray, runs: Iterable[
     (inversion + reconstruction, as defined in ``diffinv.roundtrip``) averaged over the images."""
     rows = []
     for k, (method, params) in enumerate(runs):
-        run = Run(label(method, params), method, get_method(method).resolve(params), num_steps, 1.0, 1.0)
+        run = Run(method, params, num_steps=num_steps, name=label(method, params))
         per_image = round_trip(model, run, list(images), [""] * len(images), warm_up=k == 0)
         failed = [m["status"] for m in per_image if m["status"] != "ok"]
         if failed:

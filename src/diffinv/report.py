@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import Run, expand_runs, nfe_estimate
+from .api import Run
+from .config import expand_runs, nfe_estimate
 from .data.captions import read_manifest
 from .images import load_image
 

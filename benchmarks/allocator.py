@@ -2,7 +2,7 @@
 
 Fresh processes (one per measurement, glibc reads its settings once) time calls of the demo's mixture at
 its batch (34 images of 64 px, float64, one torch thread, as a workflow job runs them), with malloc as it
-comes and after ``diffinv.allocator.keep_freed_memory()``, which every workflow job calls at its start.
+comes and after ``diffinv.workflow.allocator.keep_freed_memory()``, which every workflow job calls at its start.
 Prints milliseconds per call (wall, user, system) and minor page faults per call, best of ``--repeats``
 alternating processes, and the ratio. The mixture is random (16 full-covariance components on 8 x 8 RGB
 patches, as the demo's fit): the cost depends on the shapes, not on the fitted values. Every call is at
@@ -22,7 +22,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
-from diffinv.allocator import keep_freed_memory
+from diffinv.workflow.allocator import keep_freed_memory
 from diffinv.models import GaussianMixtureDenoiser
 tuned = sys.argv[1] == "tuned"
 if tuned and not keep_freed_memory():

@@ -33,10 +33,10 @@ import torch
 from PIL import Image
 
 from diffinv.api import Run
-from diffinv.data import DEMO_EVAL, DEMO_FIT, load_photo
+from diffinv.workflow.data import DEMO_EVAL, DEMO_FIT, load_photo
 from diffinv.demo import fit_demo_model
-from diffinv.images import load_image
-from diffinv.metrics import image_metrics
+from diffinv.evaluation.images import load_image
+from diffinv.evaluation.metrics import image_metrics
 from diffinv.models import GaussianMixtureDenoiser, StableDiffusionBackend
 from diffinv.testing import shard_rows, write_tiny_stable_diffusion
 

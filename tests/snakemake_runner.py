@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from diffinv.config import validate
+from diffinv.workflow.config import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

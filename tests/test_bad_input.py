@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinv import images as images_module
+from diffinv.evaluation import images as images_module
 from diffinv.api import Run
-from diffinv.data.captions import MANIFEST_COLUMNS, read_manifest
-from diffinv.images import load_image
+from diffinv.workflow.data.captions import MANIFEST_COLUMNS, read_manifest
+from diffinv.evaluation.images import load_image
 from diffinv.testing import shard_rows
 from test_runs import patch_model
 

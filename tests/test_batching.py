@@ -115,7 +115,7 @@ def test_a_failed_batch_is_retried_one_image_at_a_time(shard, caplog):
     model = FailsInBatches(base.weights, base.means, base.covariances, patch_size=4)
     run = Run("ddim", num_steps=5)
     common = dict(images_dir=folder, resolution=16, dataset="t")
-    with caplog.at_level(logging.WARNING, logger="diffinv.runs"):
+    with caplog.at_level(logging.WARNING, logger="diffinv.workflow.runs"):
         batched = shard_rows(model, run, items[:5], batch_size=4, **common)
     assert "a batch of 3 failed (out of memory (simulated)); inverting its images one at a time" in caplog.text
     ok = [r for r in batched if r["status"] == "ok"]

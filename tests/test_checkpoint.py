@@ -149,7 +149,7 @@ def test_an_unreadable_checkpoint_is_discarded_with_a_warning_naming_it(tmp_path
     (partial / "000001.json").write_text('{"key": "trunca')
     (partial / "000003.json").write_bytes(b"\xff\xfe not json")
     m = model()
-    with caplog.at_level("WARNING", logger="diffinv.runs"):
+    with caplog.at_level("WARNING", logger="diffinv.workflow.runs"):
         rows = shard(folder, partial, tmp_path / "b", m, batch_size=1)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2 and all("unreadable checkpoint" in w for w in warned)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from diffinv.api import Run
-from diffinv.config import ConfigError, expand_runs, prepare, shard_ranges
+from diffinv.workflow.config import ConfigError, expand_runs, prepare, shard_ranges
 from snakemake_runner import ROOT
 
 SCHEMA = ROOT / "config" / "schema.yaml"

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from diffinv.data import MANIFEST_COLUMNS, fetch_images, read_manifest, select_images, write_manifest
-from diffinv.download import ChecksumError, Lockfile
+from diffinv.workflow.data import MANIFEST_COLUMNS, fetch_images, read_manifest, select_images, write_manifest
+from diffinv.workflow.download import ChecksumError, Lockfile
 from httpserver import http_server, loopback_only  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")

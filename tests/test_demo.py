@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffinv.data import DEMO_EVAL, DEMO_FIT, PHOTOS, load_photo
+from diffinv.workflow.data import DEMO_EVAL, DEMO_FIT, PHOTOS, load_photo
 from diffinv.demo import evaluate, fit_demo_model, format_table, run_demo
 
 
@@ -38,7 +38,7 @@ def test_the_cached_demo_model_is_the_demo_presets_and_is_fitted_once(tmp_path, 
     import yaml
 
     from diffinv import demo
-    from diffinv.data import DEMO_FIT
+    from diffinv.workflow.data import DEMO_FIT
     from snakemake_runner import ROOT
 
     fit = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["model"]["fit"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffinv import tables
+from diffinv.workflow import tables
 
 MEASURED = {"seconds_inversion", "seconds_reconstruction", "peak_mem_mb"}
 RUNS = {"ife": ("ife", {}), "ddim": ("ddim", {}), "fpi": ("fpi", {"K": 2}), "renoise": ("renoise", {}),

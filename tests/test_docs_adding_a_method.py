@@ -19,7 +19,8 @@ import yaml
 
 import diffinv.methods as methods
 from conftest import random_mixture
-from diffinv import METHODS, invert, provenance, reconstruct
+from diffinv import METHODS, invert, reconstruct
+from diffinv.workflow import provenance
 from diffinv.schedule import SD3_SCHEDULER_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def test_the_pages_method_registers_passes_its_test_and_inverts_on_both_paths(re
             assert mse(recon, x) < mse(ddim, x), path   # it inverts, and better than DDIM inversion
 
         # the page's runs, added to the demo preset, pass the checks every preset gets before any job
-        from diffinv.config import prepare
+        from diffinv.workflow.config import prepare
         from snakemake_runner import load_config
 
         (snippet,) = blocks(text, "yaml")

@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from diffinv.download import ChecksumError, DownloadError, Lockfile, fetch, file_digest, safe_extract
+from diffinv.workflow.download import ChecksumError, DownloadError, Lockfile, fetch, safe_extract
+from diffinv.digest import file_digest
 from httpserver import http_server, loopback_only  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
@@ -192,7 +193,7 @@ def test_network_guard_refuses_remote_hosts(loopback_only, tmp_path):
 def test_two_lockfiles_saving_one_file_keep_both_records_and_refuse_a_conflict(tmp_path):
     """Two presets acquiring one dataset at once each hold the lock file in memory: saving merges what the
     other saved meanwhile instead of dropping it, and a name recorded with two digests stops the second."""
-    from diffinv.download import ChecksumError, Lockfile
+    from diffinv.workflow.download import ChecksumError, Lockfile
 
     path = tmp_path / "images.lock.csv"
     first, second = Lockfile(path), Lockfile(path)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from diffinv import figures
+from diffinv.workflow import figures
 
 
 def error_stats(rng):

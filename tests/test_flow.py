@@ -12,7 +12,7 @@ from conftest import random_mixture, sample_mixture
 from diffinv import METHODS, invert, reconstruct
 from diffinv.algebra import SingularLevel, predict_data, transfer
 from diffinv.schedule import SD3_SCHEDULER_CONFIG, STABLE_DIFFUSION_SCHEDULER_CONFIG, Schedule, calculate_shift
-from diffinv.stats import fixed_point_errors
+from diffinv.evaluation.stats import fixed_point_errors
 
 FLUX_SCHEDULER_CONFIG = {  # black-forest-labs/FLUX.1-dev, scheduler/scheduler_config.json
     "_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
@@ -253,7 +253,7 @@ def test_vp_results_of_every_method_are_unchanged():
 def test_the_flow_preset_validates_and_puts_the_mixture_on_the_flow_path():
     import yaml
 
-    from diffinv.config import mixture_path, prepare
+    from diffinv.workflow.config import mixture_path, prepare
     from snakemake_runner import ROOT
 
     config = yaml.safe_load((ROOT / "config" / "demo-flow.yaml").read_text())
@@ -274,7 +274,7 @@ def test_nfe_estimate_of_the_flow_mixture_walks_its_own_grid(flow, samples):
     import yaml
 
     from diffinv.api import Run
-    from diffinv.config import nfe_estimate
+    from diffinv.workflow.config import nfe_estimate
     from snakemake_runner import ROOT
 
     model = yaml.safe_load((ROOT / "config" / "demo-flow.yaml").read_text())["model"]
@@ -296,7 +296,7 @@ def test_nfe_estimate_of_the_flow_mixture_walks_its_own_grid(flow, samples):
 def test_bad_flow_settings_name_their_key(edit, message):
     import yaml
 
-    from diffinv.config import ConfigError, prepare
+    from diffinv.workflow.config import ConfigError, prepare
     from snakemake_runner import ROOT
 
     config = yaml.safe_load((ROOT / "config" / "demo-flow.yaml").read_text())

@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from diffinv.data.hub import SD_ALLOW, SD_IGNORE, snapshot, verify_snapshot, write_weights_manifest
-from diffinv.download import ChecksumError
+from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot, verify_snapshot, write_weights_manifest
+from diffinv.workflow.download import ChecksumError
 from fakehub import git_sha1, serve_repo
 from httpserver import http_server, loopback_only  # noqa: F401  (fixtures)
 

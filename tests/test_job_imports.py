@@ -15,7 +15,7 @@ def imported_after(statement: str) -> set[str]:
     return set(out.split())
 
 
-@pytest.mark.parametrize("statement", ["import diffinv", "from diffinv.notebooks import execute_notebook, provenance_line"])
+@pytest.mark.parametrize("statement", ["import diffinv", "from diffinv.workflow.notebooks import execute_notebook, provenance_line"])
 def test_the_package_and_the_notebook_runner_do_not_import_torch(statement):
     assert "torch" not in imported_after(statement)
 

@@ -9,7 +9,7 @@ import torch
 from diffinv import METHODS, invert, reconstruct
 from diffinv.algebra import transfer
 from diffinv.solvers import relative_residual
-from diffinv.stats import fixed_point_errors
+from diffinv.evaluation.stats import fixed_point_errors
 
 SMALL = {"fpi": {"K": 2}, "aidi_e": {"K": 3}, "aidi_a": {"K": 4, "m": 2}, "ife": {"compute_e0": True},
          "renoise": {"K": 2, "reg_steps": 0}}  # the regulariser needs image latents: tested on the UNet

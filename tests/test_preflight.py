@@ -7,8 +7,8 @@ import time
 
 import yaml
 
-from diffinv.preflight import reachable
-from snakemake_runner import ROOT, load_config, snakemake
+from diffinv.workflow.preflight import reachable
+from snakemake_runner import load_config, snakemake
 
 
 def closed_port() -> int:

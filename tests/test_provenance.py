@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from diffinv import notebooks, provenance
+from diffinv.workflow import notebooks, provenance
 from diffinv.models import GaussianMixtureDenoiser
 from snakemake_runner import ROOT
 
@@ -36,9 +36,10 @@ def test_an_invert_job_runs_its_own_methods_module_and_no_other():
     ife, fpi = relative(provenance.code_modules(script, "ife")), relative(provenance.code_modules(script, "fpi"))
     assert "methods/ife.py" in ife and "methods/fpi.py" not in ife
     assert "methods/fpi.py" in fpi and "methods/ife.py" not in fpi
-    shared = {"algebra.py", "schedule.py", "api.py", "runs.py", "roundtrip.py", "metrics.py", "perceptual.py",
-              "images.py", "models/base.py", "models/gmm.py", "models/stable_diffusion.py", "methods/base.py",
-              "methods/__init__.py", "provenance.py"}
+    shared = {"algebra.py", "schedule.py", "api.py", "workflow/runs.py", "evaluation/roundtrip.py",
+              "evaluation/metrics.py", "evaluation/perceptual.py", "evaluation/images.py", "models/base.py",
+              "models/gmm.py", "models/stable_diffusion.py", "methods/base.py", "methods/__init__.py",
+              "workflow/provenance.py"}
     assert shared <= ife and shared <= fpi
     assert ife - {"methods/ife.py"} == fpi - {"methods/fpi.py"}
     # the ablation and its method share a module, hence a fingerprint
@@ -50,13 +51,14 @@ def test_notebooks_depend_on_the_modules_they_import():
     notebook = ROOT / "notebooks"
     tables = relative(provenance.code_modules(notebook / "tables.ipynb"))
     figure2 = relative(provenance.code_modules(notebook / "error_statistics.ipynb"))
-    assert "tables.py" in tables and "figures.py" not in tables
-    assert "figures.py" in figure2 and "tables.py" not in figure2
+    assert "workflow/tables.py" in tables and "workflow/figures.py" not in tables
+    assert "workflow/figures.py" in figure2 and "workflow/tables.py" not in figure2
     shared = ("methods/__init__.py", "methods/base.py", "methods/params.py")  # every method's, no method's own
     assert not any(name.startswith("methods/") and name not in shared
                    for name in tables | figure2)
     runner = relative(provenance.code_modules(ROOT / "rules" / "scripts" / "run_notebook.py"))
-    assert "notebooks.py" in runner and "figures.py" not in runner and "report.py" not in runner
+    assert "workflow/notebooks.py" in runner and "workflow/figures.py" not in runner
+    assert "workflow/report.py" not in runner
 
 
 def test_the_weights_digest_follows_the_arrays_not_the_file(tmp_path):
@@ -108,8 +110,8 @@ def test_the_git_line_marks_uncommitted_code_but_not_new_results(tmp_path):
 def test_a_row_records_the_dtype_the_model_ran_in_and_refuses_another(dtype):
     import torch
 
-    from diffinv.config import ModelSpec
-    from diffinv.runs import origin
+    from diffinv.workflow.config import ModelSpec
+    from diffinv.workflow.runs import origin
 
     model = GaussianMixtureDenoiser(np.ones(2) / 2, np.zeros((2, 3)), np.full(2, 0.1), dtype=getattr(torch, dtype))
     row = origin(model, ModelSpec("gaussian_mixture", dtype, "cpu", 8), code="c", weights_sha256="w")

@@ -1,4 +1,4 @@
-"""Figure inputs, the paper preset's budget and notebook execution (diffinv.report)."""
+"""Figure inputs, the paper preset's budget and notebook execution (diffinv.workflow.report)."""
 
 import json
 import math
@@ -10,8 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
-from diffinv import notebooks, report
-from diffinv.config import expand_runs, nfe_estimate, validate
+from diffinv.workflow import notebooks, report
+from diffinv.workflow.config import expand_runs, nfe_estimate, validate
 from snakemake_runner import ROOT, load_config
 from test_tables import NFE, results, runs  # noqa: F401  (fixtures)
 
@@ -61,18 +61,17 @@ def test_budget_uses_measured_nfe_of_the_same_setting_else_the_formula():
 
 
 def test_a_measured_rate_overrides_the_assumption_and_prices_the_vae(tmp_path):
-    from diffinv import throughput
+    import json
 
     paper = validate(load_config("config.yaml"), ROOT / "config" / "schema.yaml")
     assumed = report.budget_rate(paper, None, None)
     assert assumed.seconds_per_nfe == paper["report"]["seconds_per_nfe"] == pytest.approx(3.51 / 100)
     assert assumed.source.startswith("assumed") and assumed.vae_encode_seconds is None
     path = tmp_path / "throughput.json"
-    results = throughput.new_results("sd", 512, 1)
     entry = {"unet_seconds_per_pass": 0.02, "vae_encode_seconds": 0.05, "vae_decode_seconds": 0.1}
-    throughput.add_entry(results, "Some GPU", paper["model"]["dtype"], paper["batch_size"], entry)
-    throughput.add_entry(results, "Some GPU", "float32", paper["batch_size"], {**entry, "unet_seconds_per_pass": 9})
-    throughput.write_results(path, results)
+    batch = str(paper["batch_size"])  # the layout benchmarks/sd_throughput.py writes: device, dtype, batch
+    path.write_text(json.dumps({"model": "sd", "resolution": 512, "unet_flops_per_pass": 1, "devices": {"Some GPU": {
+        paper["model"]["dtype"]: {batch: entry}, "float32": {batch: {**entry, "unet_seconds_per_pass": 9}}}}}))
     rate = report.budget_rate(paper, path, "Some GPU")
     assert rate.seconds_per_nfe == 0.02 and rate.source.startswith("measured on Some GPU (float16")
     assert report.budget_rate(paper, path, "Another GPU") == assumed  # unmeasured device: the assumption
@@ -139,7 +138,7 @@ def test_grid_cells_read_each_runs_png_and_caption_its_psnr(saved):
 
 
 def test_an_error_row_is_a_failed_cell_with_its_reason_and_the_figure_draws(saved):
-    from diffinv.figures import FailedCell, image_grid
+    from diffinv.workflow.figures import FailedCell, image_grid
 
     results, images, rows = saved
     rows.loc[(rows["run"] == "aidi_a") & (rows["id"] == "im0"), "status"] = "error: non-finite reconstruction"

@@ -183,7 +183,7 @@ def test_the_midpoint_solvers_refuse_a_vp_schedule_before_any_call(mixture, mixt
 
 
 def test_a_config_runs_a_method_only_on_its_path():
-    from diffinv.config import ConfigError, prepare
+    from diffinv.workflow.config import ConfigError, prepare
     from snakemake_runner import ROOT, load_config
 
     config = load_config("demo.yaml")
@@ -199,7 +199,7 @@ def test_a_config_runs_a_method_only_on_its_path():
 def test_the_nfe_estimate_prices_the_rivals():
     """runs.csv, the budget and job runtimes read config.nfe_estimate: inversion + reconstruction per image."""
     from diffinv.api import Run
-    from diffinv.config import nfe_estimate
+    from diffinv.workflow.config import nfe_estimate
     from snakemake_runner import load_config
 
     flow_model = load_config("demo-flow.yaml")["model"]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from diffinv.api import Run
 from diffinv.models import GaussianMixtureDenoiser
-from diffinv.runs import row_columns
+from diffinv.workflow.runs import row_columns
 from diffinv.testing import shard_rows
 
 
@@ -81,8 +81,8 @@ def test_unquantised_scoring_measures_the_float_reconstruction_and_still_saves_8
 
 
 def test_the_mixtures_latent_is_its_image_so_its_own_round_trip_is_not_scored_twice(tmp_path):
-    from diffinv.images import to_uint8, to_unit
-    from diffinv.roundtrip import encode
+    from diffinv.evaluation.images import to_uint8, to_unit
+    from diffinv.evaluation.roundtrip import encode
 
     model = patch_model()
     image = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)

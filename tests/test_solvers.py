@@ -2,7 +2,7 @@ import torch
 
 from diffinv import invert
 from diffinv.solvers import anderson, anderson_weights
-from diffinv.stats import fixed_point_errors
+from diffinv.evaluation.stats import fixed_point_errors
 
 
 def test_anderson_solves_a_linear_contraction_faster_than_picard():

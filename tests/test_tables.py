@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffinv import tables
-from diffinv.results import mean_ci
+from diffinv.workflow import tables
+from diffinv.workflow.results import mean_ci
 
 
 # name, method, params, num_steps, alias_of

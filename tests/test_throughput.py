@@ -16,11 +16,25 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffinv.testing import write_tiny_stable_diffusion
-from diffinv.throughput import (MODEL_TINY, add_entry, build_sd_v1_4, device_name, load_parts, lookup, measure,
-                                new_results, read_results, resolution, unet_flops_per_pass, write_results)
+from diffinv.workflow.throughput import device_name, lookup, read_results
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BENCHMARK = REPOSITORY / "benchmarks" / "sd_throughput.py"
+
+
+def _benchmark():
+    """benchmarks/sd_throughput.py as a module: the measurement lives there, only its lookup in the library."""
+    spec = importlib.util.spec_from_file_location("sd_throughput", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _benchmark()
+MODEL_TINY, add_entry, build_sd_v1_4, load_parts = bench.MODEL_TINY, bench.add_entry, bench.build_sd_v1_4, bench.load_parts
+measure, new_results, resolution, unet_flops_per_pass = (bench.measure, bench.new_results, bench.resolution,
+                                                         bench.unet_flops_per_pass)
+write_results = bench.write_results
 SECONDS = ("unet_seconds_per_call", "unet_seconds_per_pass", "vae_encode_seconds", "vae_decode_seconds",
            "text_encoder_seconds")
 
@@ -145,13 +159,6 @@ def test_figures_of_another_model_are_not_mixed_into_a_file(tmp_path, other):
     assert path.read_text() == before
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("sd_throughput", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_cli_adds_this_device_to_a_file_that_holds_another(tmp_path, tiny_flops):
     out = tmp_path / "results.json"
     other = {"unet_seconds_per_call": 0.5, "unet_seconds_per_pass": 0.5}
@@ -178,7 +185,7 @@ def test_the_cli_adds_this_device_to_a_file_that_holds_another(tmp_path, tiny_fl
 
 
 def test_an_out_of_memory_batch_is_reported_and_ends_the_sweep(tmp_path, monkeypatch, capsys):
-    benchmark = load_benchmark()
+    benchmark = _benchmark()
     measured = []
 
     def measure_until_four(unet, vae, text_encoder, batch, **kwargs):
@@ -197,7 +204,7 @@ def test_an_out_of_memory_batch_is_reported_and_ends_the_sweep(tmp_path, monkeyp
 
 
 def test_the_default_output_is_inside_the_repository():
-    benchmark = load_benchmark()
+    benchmark = _benchmark()
     assert not benchmark.DEFAULT_OUT.is_absolute()
     assert benchmark.parse_args([]).out == benchmark.DEFAULT_OUT
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from diffinv.config import expand_runs
+from diffinv.workflow.config import expand_runs
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
 @pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml", "demo-flow.yaml", "quick.yaml", "sdxl.yaml",
@@ -78,7 +78,7 @@ def test_demo_flow_dry_run_plans_every_job_in_its_own_folders(tmp_path):
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
-    """The workflow runs diffinv.config.prepare at parse time (its cases: tests/test_config.py)."""
+    """The workflow runs diffinv.workflow.config.prepare at parse time (its cases: tests/test_config.py)."""
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["runs"]["fpi"]["params"] = {"Q": 1}
     path = tmp_path / "bad.yaml"

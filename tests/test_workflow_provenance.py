@@ -139,7 +139,7 @@ def test_docstrings_and_comments_rerun_nothing(tiny):
 
 def test_editing_figure_code_reruns_only_the_figure_notebooks(tiny):
     work, _ = tiny
-    with edited(work / "src/diffinv/figures.py", "def theme() -> None:", "def theme() -> None:\n    pass\n"):
+    with edited(work / "src/diffinv/workflow/figures.py", "def theme() -> None:", "def theme() -> None:\n    pass\n"):
         counts, jobs = planned(work)
     assert not jobs
     assert counts == {"error_figure": 1, "qualitative_figures": 1, "efficiency_figure": 1, "all": 1}

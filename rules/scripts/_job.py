@@ -15,7 +15,7 @@ def start(snakemake, offline: bool = False, uses_torch: bool = True) -> None:
     logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         force=True)
     if uses_torch:
-        from diffinv.allocator import keep_freed_memory
+        from diffinv.workflow.allocator import keep_freed_memory
 
         if not keep_freed_memory():
             logging.info("malloc left as it is (not glibc, or mallopt refused): large tensors are mapped afresh")

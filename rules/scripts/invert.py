@@ -8,11 +8,11 @@ import io
 import shutil
 from pathlib import Path
 
-from diffinv.config import InvertJob
-from diffinv.data.captions import read_manifest
-from diffinv.download import atomic_write_text
-from diffinv.provenance import weights_digest
-from diffinv.runs import load_model, row_columns, run_shard
+from diffinv.workflow.config import InvertJob
+from diffinv.workflow.data.captions import read_manifest
+from diffinv.workflow.download import atomic_write_text
+from diffinv.workflow.provenance import weights_digest
+from diffinv.workflow.runs import load_model, row_columns, run_shard
 
 job = InvertJob.from_config(snakemake.config, snakemake.params.run, snakemake.wildcards.dataset)
 check_signature(job, snakemake)
@@ -20,7 +20,7 @@ check_signature(job, snakemake)
 model = load_model(job.model, snakemake.input.weights)
 perceptual = None
 if job.lpips:
-    from diffinv.perceptual import Perceptual
+    from diffinv.evaluation.perceptual import Perceptual
 
     perceptual = Perceptual({net: snakemake.input[f"lpips_{net}"] for net in job.lpips}, device=model.device)
 

@@ -6,7 +6,7 @@ start(snakemake, uses_torch=False)
 
 from pathlib import Path
 
-from diffinv.notebooks import execute_notebook, provenance_line
+from diffinv.workflow.notebooks import execute_notebook, provenance_line
 
 # The commit is read when the job runs, not planned: a new commit alone reruns nothing, and every
 # caption and figure footer says which code made it.

@@ -1,7 +1,7 @@
 """diffinv: diffusion inversion methods over one model protocol (replication of arXiv 2512.08547).
 
 The names below load on first use: they import torch (2 s), and most workflow jobs import a submodule
-that needs none of it (``diffinv.notebooks``, ``diffinv.config``'s job descriptions unpickled by a job).
+that needs none of it (``diffinv.workflow.notebooks``, ``diffinv.workflow.config``'s job descriptions unpickled by a job).
 """
 
 __all__ = ["invert", "reconstruct", "Run", "InversionResult", "guided_eps", "METHODS", "get_method", "Schedule"]

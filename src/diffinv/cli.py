@@ -105,9 +105,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_invert(args: argparse.Namespace) -> int:
     from .api import Run
-    from .images import load_image, save_image
+    from .evaluation.images import load_image, save_image
     from .models import GaussianMixtureDenoiser
-    from .roundtrip import round_trip
+    from .evaluation.roundtrip import round_trip
 
     method = get_method(args.method)
     given = {name: method.parse(name, text) for name, text in args.param}  # typed, before loading anything

@@ -13,10 +13,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .api import Run
-from .data import DEMO_EVAL, DEMO_FIT, load_photo
+from .workflow.data import DEMO_EVAL, DEMO_FIT, load_photo
 from .methods import METHODS
 from .models import GaussianMixtureDenoiser, fit_gaussian_mixture
-from .roundtrip import round_trip
+from .evaluation.roundtrip import round_trip
 
 # Fixed-point baselines at about the 150 NFE the IFE paper quotes for them.
 DEMO_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -29,7 +29,7 @@ def fit_demo_model(photos: Sequence[str] = DEMO_FIT, *, size: int = 128, patch_s
                    stride: int = 4, max_patches: int = 20_000, seed: int = 0, **model: Any) -> GaussianMixtureDenoiser:
     """16 full-covariance components on 8 x 8 RGB patches of the fitting photographs, 20,000 patches at most;
     these defaults are the demo preset's fit (``config/demo.yaml``, tested). ``model``: keywords of the denoiser
-    (e.g. a flow ``scheduler_config``: :func:`diffinv.config.mixture_path`)."""
+    (e.g. a flow ``scheduler_config``: :func:`diffinv.workflow.config.mixture_path`)."""
     images = [load_photo(name, size).astype(np.float64) / 127.5 - 1.0 for name in photos]
     return fit_gaussian_mixture(images, patch_size=patch_size, n_components=n_components, stride=stride,
                                 max_patches=max_patches, seed=seed, **model)
@@ -76,7 +76,7 @@ def label(method: str, params: dict[str, Any]) -> str:
 def evaluate(model: GaussianMixtureDenoiser, images: np.ndarray, runs: Iterable[tuple[str, dict[str, Any]]], *,
              num_steps: int = 50) -> list[dict[str, Any]]:
     """Round trips of a batch of uint8 images with each run; one row per run, metrics and seconds
-    (inversion + reconstruction, as defined in ``diffinv.roundtrip``) averaged over the images."""
+    (inversion + reconstruction, as defined in ``diffinv.evaluation.roundtrip``) averaged over the images."""
     rows = []
     for k, (method, params) in enumerate(runs):
         run = Run(method, params, num_steps=num_steps, name=label(method, params))

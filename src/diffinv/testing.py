@@ -195,21 +195,23 @@ TINY_WRITERS = {"stable_diffusion": write_tiny_stable_diffusion, "sdxl": write_t
 
 
 def model_spec(model, resolution: int):
-    """The :class:`~diffinv.config.ModelSpec` of a model built in a test or benchmark."""
-    from .config import ModelSpec
+    """The :class:`~diffinv.workflow.config.ModelSpec` of a model built in a test or benchmark."""
+    from .workflow.config import ModelSpec
     from .models import GaussianMixtureDenoiser
 
     kind = ("gaussian_mixture" if isinstance(model, GaussianMixtureDenoiser)
             else getattr(model, "kind", "stable_diffusion"))
-    return ModelSpec(kind, str(model.dtype).removeprefix("torch."), str(model.device), resolution)
+    from .workflow.throughput import dtype_name
+
+    return ModelSpec(kind, dtype_name(model.dtype), str(model.device), resolution)
 
 
 def shard_rows(model, run, items, *, images_dir, resolution: int, dataset: str = "t", qualitative: int = 0,
                save_latents: bool = False, batch_size: int = 1, prompt: str = "caption", quantize: bool = True,
                **kwargs):
     """``run_shard`` with a job built from the test's model and settings (no LPIPS)."""
-    from .config import InvertJob
-    from .runs import run_shard
+    from .workflow.config import InvertJob
+    from .workflow.runs import run_shard
 
     job = InvertJob(run, dataset, model_spec(model, resolution), prompt, qualitative=qualitative,
                     save_latents=save_latents, batch_size=batch_size, quantize=quantize)

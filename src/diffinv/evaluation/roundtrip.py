@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .api import invert, reconstruct
-from .api import Run
+from ..api import Run, invert, reconstruct
 from .images import to_tensor, to_uint8, to_unit
 from .metrics import image_metrics
-from .models.base import DiffusionModel
+from ..models.base import DiffusionModel
 
 Perceptual = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 

@@ -1,7 +1,7 @@
 """Numbers in the README and docs/ come from the committed tables, never from a hand.
 
 A page marks a generated block as ``<!-- generated: NAME ARG ... -->`` ... ``<!-- /generated -->``; the text
-between the two comments is :data:`GENERATORS` ``[NAME](root, *ARGS)``. ``python -m diffinv.doc_blocks``
+between the two comments is :data:`GENERATORS` ``[NAME](root, *ARGS)``. ``python -m diffinv.workflow.doc_blocks``
 rewrites every block of the README and ``docs/*.md`` from the repository's committed files;
 ``--check`` only says which blocks differ (the test suite runs it, so a stale or hand-edited number fails).
 """
@@ -115,7 +115,7 @@ def pages(root: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report the pages whose blocks are stale")
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[3])
     args = parser.parse_args(argv)
     stale = []
     for page in pages(args.root):
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 page.write_text(new, encoding="utf-8")
     if args.check and stale:
-        print(f"stale generated blocks in {', '.join(stale)}: run python -m diffinv.doc_blocks", file=sys.stderr)
+        print(f"stale generated blocks in {', '.join(stale)}: run python -m diffinv.workflow.doc_blocks", file=sys.stderr)
         return 1
     return 0
 

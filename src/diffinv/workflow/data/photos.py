@@ -3,7 +3,7 @@
 They need no download, so the demo preset runs offline on real images. The demo's model is fitted to
 ``DEMO_FIT``; its evaluation set, the committed manifest ``data/manifests/photos.csv``, is made from
 the four held-out images ``DEMO_EVAL`` by :func:`eval_rows` (rule in its docstring; regenerate with
-``python -m diffinv.data.photo_manifest``): each whole, plus square crops at finer scales, every
+``python -m diffinv.workflow.data.photo_manifest``): each whole, plus square crops at finer scales, every
 item a packaged file (``url``, ``sha256``) and a crop box in its pixels (``crop``).
 """
 
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..images import load_image
+from ...evaluation.images import load_image
 
 # name -> (package, path inside it). No other colour photograph ships in the installed packages
 # (the rest are grey, icons, logos, plots or test patterns; skimage's motorcycle_right.png is the
@@ -111,7 +111,7 @@ def check_box(box: Sequence[int], width: int, height: int) -> None:
 
 
 def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """The centre square the loader (``diffinv.images.center_crop``) takes of a whole image."""
+    """The centre square the loader (``diffinv.evaluation.images.center_crop``) takes of a whole image."""
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
@@ -175,7 +175,7 @@ def eval_rows(photos: Sequence[str] = DEMO_EVAL, *, sides: Sequence[int] = CROP_
     ``file`` is ``<id>.png``: :func:`export_photos` writes the crop losslessly, and the workflow's
     loader resizes it to the model's resolution as it resizes any image. ``sha256`` is the source file's.
     """
-    from ..download import file_digest
+    from ...digest import file_digest
 
     whole, crops = [], []
     for name in photos:
@@ -199,7 +199,7 @@ def eval_rows(photos: Sequence[str] = DEMO_EVAL, *, sides: Sequence[int] = CROP_
     return whole + crops
 
 
-PHOTO_COLUMNS = ("crop",)  # beyond diffinv.data.captions.MANIFEST_COLUMNS
+PHOTO_COLUMNS = ("crop",)  # beyond diffinv.workflow.data.captions.MANIFEST_COLUMNS
 
 
 def write_eval_manifest(path: str | Path, photos: Sequence[str] = DEMO_EVAL) -> list[dict]:
@@ -227,7 +227,8 @@ def export_photos(rows: list[dict], folder: str | Path) -> list[dict]:
 
     from PIL import Image
 
-    from ..download import ChecksumError, file_digest
+    from ..download import ChecksumError
+    from ...digest import file_digest
     from .captions import inside
 
     folder = Path(folder)

@@ -1,6 +1,6 @@
 """Where a result came from: a fingerprint of the library code that can change it, the versions of
 the libraries that computed it, and a digest of the model's weights (the git commit that captions
-carry is ``diffinv.notebooks.provenance_line``).
+carry is ``diffinv.workflow.notebooks.provenance_line``).
 
 The workflow passes :func:`code_fingerprint` of each job as a rule parameter, so Snakemake reruns a job
 when code it imports changes, and only then. The fingerprint hashes each module's syntax tree without
@@ -23,7 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # diffinv/, not this module's workflow/
 # Every library whose version can change a number in a row: the networks and schedules (torch, diffusers,
 # transformers), LPIPS, the image decoding and resizing (pillow), SSIM (scikit-image, on scipy), the arrays.
 VERSIONED = ("torch", "diffusers", "transformers", "lpips", "pillow", "scikit-image", "scipy", "numpy")
@@ -119,7 +119,7 @@ def method_modules() -> dict[str, frozenset[Path]]:
     the shared ``methods/base.py``."""
     import inspect
 
-    from .methods import METHODS
+    from ..methods import METHODS
 
     shared = PACKAGE / "methods" / "base.py"
     own = {}

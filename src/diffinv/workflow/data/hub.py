@@ -16,7 +16,8 @@ import os
 import re
 from pathlib import Path
 
-from ..download import ChecksumError, atomic_write_text, file_digests
+from ..download import ChecksumError, atomic_write_text
+from ...digest import file_digests
 
 # What diffinv loads: configs, tokenizer files (CLIP's vocab/merges, T5's tokenizer.json and
 # spiece.model) and the full-precision safetensors of each component folder (unet or transformer, vae,

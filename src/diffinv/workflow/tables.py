@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .methods import get_method
+from ..methods import get_method
 from .results import mean_ci
 
 MISSING = "–"

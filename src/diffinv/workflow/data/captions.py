@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..download import ChecksumError, DownloadError, Lockfile, atomic_write_text, fetch, file_digest
+from ..download import ChecksumError, DownloadError, Lockfile, atomic_write_text, fetch
+from ...digest import file_digest
 
 MANIFEST_COLUMNS = ("id", "file", "url", "caption", "sha256", "status")
 # An image id is a name, never a path: it names files (<id>.png) and rows. Letters, digits, "_", "-" and

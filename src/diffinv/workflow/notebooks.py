@@ -72,6 +72,6 @@ def git_description(root: str | Path) -> str:
 
 def provenance_line(root: str | Path) -> str:
     """The line every table caption and figure footer carries."""
-    from . import __version__
+    from .. import __version__
 
     return f"diffinv {__version__}, {git_description(root)}"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .api import Run
+from ..api import Run
 from .config import nfe_estimate
 
 QUALITY = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "mse", "latent_mse")
@@ -78,7 +78,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 def run_table(runs: dict[str, Run], aliases: dict[str, str],
               model: Mapping[str, Any] | str = "stable_diffusion") -> pd.DataFrame:
     """The settings of every run, with the sweep names that alias an identical run (NFE on the configured
-    ``model``: :func:`diffinv.config.nfe_estimate`)."""
+    ``model``: :func:`diffinv.workflow.config.nfe_estimate`)."""
     table = [{**run.as_dict(), "alias_of": "", "nfe_per_image": nfe_estimate(run, model)} for run in runs.values()]
     table += [{**runs[target].as_dict(), "run": alias, "alias_of": target,
                "nfe_per_image": nfe_estimate(runs[target], model)} for alias, target in aliases.items()]

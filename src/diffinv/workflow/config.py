@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from .api import Run
-from .methods import ParamError, get_method
+from ..api import Run
+from ..methods import ParamError, get_method
 
 
 class ConfigError(ValueError):
@@ -231,7 +230,7 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         raise ConfigError(f"config key report.images: {report['images']} images are shown but only the first "
                           f"qualitative = {config['qualitative']} keep their reconstructions")
     model = config["model"]
-    from .metrics import min_side
+    from ..evaluation.metrics import min_side
 
     smallest = min_side(config["metrics"]["lpips"])
     if model["resolution"] < smallest:
@@ -304,7 +303,7 @@ def mixture_path(model: dict[str, Any]) -> dict[str, Any]:
     on the flow path its scheduler config (SD3's, updated with ``model.flow``) and schedule options."""
     if model.get("path", "vp") != "flow":
         return {}
-    from .schedule import SD3_SCHEDULER_CONFIG
+    from ..schedule import SD3_SCHEDULER_CONFIG
 
     flow = dict(model.get("flow") or {})
     options = {key: flow.pop(key) for key in ("image_seq_len", "sigmas") if key in flow}
@@ -318,7 +317,7 @@ def nfe_estimate(run: Run, model: Mapping[str, Any] | str = "stable_diffusion") 
     The grid: the flow mixture's own (``model.path: flow``), SD3's for the SD3 and FLUX.1 backends (their
     grids share the top level sigma = 1 that makes BELM, EDICT and ERDDCI stop a level early; FLUX's
     resolution shift moves only which levels fall below ReNoise's ``first_timestep``), SD's otherwise."""
-    from .schedule import Schedule
+    from ..schedule import Schedule
 
     kind = model if isinstance(model, str) else model["kind"]
     method = get_method(run.method)

@@ -8,7 +8,6 @@ annotation zips and torchvision weights. Every failure names the URL and the des
 from __future__ import annotations
 
 import csv
-import hashlib
 import http.client
 import io
 import os
@@ -23,10 +22,10 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from . import __version__
+from .. import __version__
+from ..digest import CHUNK, file_digests
 
 USER_AGENT = f"diffinv/{__version__} (research replication; Python urllib)"
-CHUNK = 1 << 20
 # Status codes that will not change on a retry (RFC 9110 §15.5.5, §15.5.11).
 PERMANENT_HTTP = frozenset({404, 410})
 # Failures of the connection or the server, worth another attempt. urllib wraps connect/send errors
@@ -52,25 +51,6 @@ class ChecksumError(DownloadError):
     def mismatch(cls, what: str, algorithm: str, expected: str, actual: str, note: str = "") -> ChecksumError:
         return cls(f"{algorithm} mismatch for {what}: expected {expected}, got {actual}{note}",
                    algorithm=algorithm, expected=expected, actual=actual)
-
-
-def file_digests(path: str | os.PathLike, algorithms: Iterable[str], *,
-                 prefix: dict[str, bytes] | None = None) -> dict[str, str]:
-    """Hex digests of a file for several algorithms in one chunked pass (multi-GB files need no memory);
-    ``prefix[alg]`` is hashed before the file's bytes (git's blob header, for one)."""
-    hashes = {alg: hashlib.new(alg) for alg in algorithms}
-    for alg, head in (prefix or {}).items():
-        hashes[alg].update(head)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            for h in hashes.values():
-                h.update(chunk)
-    return {alg: h.hexdigest() for alg, h in hashes.items()}
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks."""
-    return file_digests(path, [algorithm])[algorithm]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -164,7 +164,7 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
     variants and by another to its N variants. An exact quality is drawn as a triangle on a dotted top
     line: an infinite one (8-bit scores of a bit-exact method), or a PSNR above :data:`EXACT_PSNR` (float
     scores of an exact method sit at float64 round-off, near 300 dB, and would flatten every other point).
-    ``points`` has ``run``, ``method``, the metric and each cost (``diffinv.report.cost_points``)."""
+    ``points`` has ``run``, ``method``, the metric and each cost (``diffinv.workflow.report.cost_points``)."""
     theme()
     fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.4), squeeze=False)
     values = points[metric].astype(float)

@@ -1,7 +1,7 @@
-"""Regenerate the demo's evaluation manifest: ``python -m diffinv.data.photo_manifest [PATH]``.
+"""Regenerate the demo's evaluation manifest: ``python -m diffinv.workflow.data.photo_manifest [PATH]``.
 
 PATH defaults to ``data/manifests/photos.csv`` (run from the repository root). The rows are
-``diffinv.data.photos.eval_rows``: the held-out photographs whole and as non-overlapping crops, chosen
+``diffinv.workflow.data.photos.eval_rows``: the held-out photographs whole and as non-overlapping crops, chosen
 by the documented rule from the files of the installed packages (pinned by requirements.txt), so the
 same installation writes the same file.
 """

@@ -10,7 +10,7 @@ import torch
 
 from conftest import random_mixture, sample_mixture
 from diffinv import METHODS, invert, reconstruct
-from diffinv.algebra import SingularLevel, predict_data, transfer
+from diffinv.algebra import Prediction, SingularLevel, predict_data, transfer
 from diffinv.schedule import SD3_SCHEDULER_CONFIG, STABLE_DIFFUSION_SCHEDULER_CONFIG, Schedule, calculate_shift
 from diffinv.evaluation.stats import fixed_point_errors
 
@@ -92,10 +92,11 @@ def test_the_same_mixture_predicts_the_same_noise_on_both_paths(mixture, flow, s
         eps = flow.eps(z, t, flow.condition(None, 8), level=(a, s))
         torch.testing.assert_close(eps, mixture.posterior_noise(z, a, s), rtol=1e-10, atol=1e-12)
     top = torch.randn_like(samples)
-    eps = flow.eps(top, 1000.0, flow.condition(None, 8), level=(0.0, 1.0))
-    assert torch.equal(eps, top) and eps.evaluated_at is top  # at sigma = 1 the noise is the input
+    prediction = flow.predict(top, 1000.0, flow.condition(None, 8), level=(0.0, 1.0))
+    assert torch.equal(prediction.eps, top) and prediction.at is top  # at sigma = 1 the noise is the input
     prior_mean = (flow.weights / flow.weights.sum()) @ flow.means
-    torch.testing.assert_close(eps.data_prediction, prior_mean.expand_as(top))  # z says nothing about x
+    torch.testing.assert_close(prediction.x, prior_mean.expand_as(top))  # z says nothing about x
+    assert flow.predict(samples, 8.93, flow.condition(None, 8), level=(0.99107, 0.00893)).x is None  # a > 0
 
 
 def test_ddim_reconstruction_is_the_flow_euler_sampler(flow, samples):
@@ -176,6 +177,29 @@ def test_nfe_on_the_flow_grid_equals_theory(flow, samples, name):
     assert torch.isfinite(recon).all()
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_at_sigma_one_survives_an_eps_that_copies_what_it_returns(flow, samples, name):
+    """What the methods need at sigma = 1 travels in the Prediction's fields, not on a tensor's attributes: a
+    wrapper that copies every tensor eps returns (a dtype cast, a clone) changes no result, bit for bit."""
+    from diffinv.api import guided_eps
+
+    sched = Schedule.rectified_flow(6)
+    assert sched.a(sched.num_steps) == 0
+    spec, spec_params = METHODS[name], SMALL.get(name, {})
+    eps = guided_eps(flow, sched, flow.condition(None, 2), 1.0)
+
+    def copying(z, i):
+        p = eps(z, i)
+        return Prediction(p.eps.clone(), None if p.x is None else p.x.clone(), p.at.clone())
+
+    results = []
+    for fn in (eps, copying):
+        state = spec.invert(fn, samples[:2], sched, **spec.resolve(spec_params))
+        results.append((state, spec.reconstruct(fn, state, sched, **spec.reconstruct_params(spec.resolve(spec_params)))))
+    (state, recon), (state_copied, recon_copied) = results
+    assert torch.equal(recon, recon_copied) and torch.isfinite(recon).all()
+
+
 def test_ife_beats_ddim_and_its_last_step_uses_the_data_prediction(flow, samples):
     ddim = invert("ddim", flow, samples, num_steps=50)
     ife = invert("ife", flow, samples, num_steps=50, trajectory=True)
@@ -189,14 +213,17 @@ def test_a_map_from_sigma_one_needs_the_data_prediction_at_that_latent(flow, sam
     sched = Schedule.rectified_flow(4)
     cond = flow.condition(None, 8)
     z, other = torch.randn_like(samples), torch.randn_like(samples)
-    eps = flow.eps(z, sched.timesteps[4], cond, level=(sched.a(4), sched.s(4)))
+    eps = flow.predict(z, sched.timesteps[4], cond, level=(sched.a(4), sched.s(4)))
     euler = z + (sched.sigmas[3] - 1.0) * flow.forward(z, sched.timesteps[4], None)
     torch.testing.assert_close(transfer(sched, 4, 3, z, eps), euler, rtol=1e-13, atol=1e-13)
     with pytest.raises(SingularLevel, match="made at another latent"):
         transfer(sched, 4, 3, other, eps)       # EDICT's and ERDDCI's coupling: undefined at sigma = 1
     with pytest.raises(SingularLevel, match="without one"):
-        predict_data(sched, 4, z, eps + 0.0)    # a combined estimate carries none
-    torch.testing.assert_close(transfer(sched, 3, 4, other, eps), eps)  # into sigma = 1: the noise itself
+        predict_data(sched, 4, z, eps.eps + 0.0)    # a combined estimate carries none
+    torch.testing.assert_close(transfer(sched, 3, 4, other, eps), eps.eps)  # into sigma = 1: the noise itself
+    # a copy of the latent is the same latent: a wrapper that copies tensors loses nothing
+    copied = Prediction(eps.eps.clone(), eps.x.clone(), eps.at.clone())
+    torch.testing.assert_close(transfer(sched, 4, 3, z, copied), euler, rtol=1e-13, atol=1e-13)
 
 
 def test_error_statistics_on_the_flow_top_step(flow, samples):

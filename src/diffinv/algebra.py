@@ -14,13 +14,15 @@ prediction is the input itself (``eps = z + (1 - sigma) v``) and says nothing ab
 
 - Every map *into* a level with ``a = 0`` is ordinary (its ``a_j / a_i`` is 0), and every map *from* a
   level with ``a > 0`` keeps its old arithmetic, so VP results are unchanged bit for bit.
-- :meth:`diffinv.models.base.DiffusionModel.eps` attaches, only at a level with ``a = 0``, the network's
-  data prediction (``x_hat = z - sigma v``) and the latent it was evaluated at to the noise tensor it
-  returns (attributes ``data_prediction`` and ``evaluated_at``). :func:`transfer` and
-  :func:`predict_data` from such a level use it, and only if it was made at the very ``z`` they map:
-  reconstruction's first step ``Phi(N -> N-1; z_N, eps_N(z_N))``, IFE's last data prediction and the
-  velocity the flow solvers read there (:func:`velocity`: Uni-Inv's top step, FireFlow's and RF-Solver's
-  first step down) are such self-consistent uses. Methods stay functions of ``eps(z, i)`` and never see the backend.
+- A method's ``eps(z, i)`` returns a :class:`Prediction`: the noise, and at a level with ``a = 0`` also the
+  network's data prediction there (``x_hat = z - sigma v``) with the latent it was made at, in plain fields,
+  so nothing that copies or converts the noise loses it unseen. :func:`transfer` and :func:`predict_data`
+  take a Prediction or a plain noise tensor; from a level with ``a = 0`` they need a Prediction made at the
+  very ``z`` they map (the same tensor, or an equal one): reconstruction's first step ``Phi(N -> N-1; z_N,
+  eps_N(z_N))``, IFE's last data prediction and the velocity the flow solvers read there (:func:`velocity`:
+  Uni-Inv's top step, FireFlow's and RF-Solver's first step down) are such self-consistent uses. Arithmetic
+  on noise (an average, a regulariser) takes :func:`noise_of` a prediction, a plain tensor, explicitly.
+  Methods stay functions of ``eps(z, i)`` and never see the backend.
 - A map from ``a = 0`` with a noise estimate made elsewhere (EDICT's and ERDDCI's coupled chains), or
   combined (averaged, regularised), is not defined: for a fixed ``eps`` the map ``z -> Phi(i -> j; z,
   eps)`` has slope ``a_j / a_i``, and its inverse ``Phi(j -> i)`` sends every ``z`` to ``eps`` itself.
@@ -30,6 +32,9 @@ prediction is the input itself (``eps = z + (1 - sigma) v``) and says nothing ab
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 
 from .schedule import Schedule
@@ -39,10 +44,25 @@ class SingularLevel(ValueError):
     """A map from a level with ``a = 0`` without the network's data prediction at that very latent."""
 
 
-def _data_prediction_at(eps: Tensor, z: Tensor, i: int) -> Tensor:
-    """The data prediction the model attached to ``eps`` at a level with ``a = 0``, if made at ``z``."""
-    x = getattr(eps, "data_prediction", None)
-    if x is None or getattr(eps, "evaluated_at", None) is not z:
+@dataclass(frozen=True)
+class Prediction:
+    """What the network predicts at one latent and level: the noise ``eps``, and where the noise says nothing
+    of the data (``a = 0``) the data prediction ``x`` too, with the latent ``at`` both were made at."""
+
+    eps: Tensor
+    x: Tensor | None = None
+    at: Tensor | None = None
+
+
+def noise_of(prediction: Prediction | Tensor) -> Tensor:
+    """The noise tensor of a prediction (a plain tensor is a noise estimate already)."""
+    return prediction.eps if isinstance(prediction, Prediction) else prediction
+
+
+def _data_prediction_at(prediction: Prediction | Tensor, z: Tensor, i) -> Tensor:
+    """The network's data prediction at a level with ``a = 0``, which ``prediction`` must carry for ``z``."""
+    x = prediction.x if isinstance(prediction, Prediction) else None
+    if x is None or not (prediction.at is z or torch.equal(prediction.at, z)):
         made = "made at another latent" if x is not None else "without one (an epsilon model's, or combined)"
         raise SingularLevel(
             f"level {i} has a = 0 (sigma = 1), where the latent is the noise and a noise estimate says nothing "
@@ -51,7 +71,7 @@ def _data_prediction_at(eps: Tensor, z: Tensor, i: int) -> Tensor:
     return x
 
 
-def transfer(sched: Schedule, i: int, j: int, z: Tensor, eps: Tensor) -> Tensor:
+def transfer(sched: Schedule, i: int, j: int, z: Tensor, eps: Prediction | Tensor) -> Tensor:
     """``Phi(i -> j; z, eps)``: the DDIM map from level i to level j with a fixed noise estimate.
 
     From a level with ``a_i = 0`` it is ``a_j x_hat + s_j eps`` with the model's data prediction at ``z``
@@ -59,23 +79,23 @@ def transfer(sched: Schedule, i: int, j: int, z: Tensor, eps: Tensor) -> Tensor:
     """
     a_i, s_i, a_j, s_j = sched.a(i), sched.s(i), sched.a(j), sched.s(j)
     if a_i == 0:
-        return a_j * _data_prediction_at(eps, z, i) + s_j * eps
-    return (a_j / a_i) * z + (s_j - a_j * s_i / a_i) * eps
+        return a_j * _data_prediction_at(eps, z, i) + s_j * noise_of(eps)
+    return (a_j / a_i) * z + (s_j - a_j * s_i / a_i) * noise_of(eps)
 
 
-def predict_data(sched: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
+def predict_data(sched: Schedule, i: int, z: Tensor, eps: Prediction | Tensor) -> Tensor:
     """``x(i; z, eps) = (z - s_i * eps) / a_i``: the clean latent implied by ``eps`` at level i (at a level
     with ``a_i = 0``: the model's own data prediction at ``z``)."""
     if sched.a(i) == 0:
         return _data_prediction_at(eps, z, i)
-    return (z - sched.s(i) * eps) / sched.a(i)
+    return (z - sched.s(i) * noise_of(eps)) / sched.a(i)
 
 
-def velocity(sched: Schedule, i, z: Tensor, eps: Tensor) -> Tensor:
+def velocity(sched: Schedule, i, z: Tensor, eps: Prediction | Tensor) -> Tensor:
     """``v = eps - x(i; z, eps)``: the rectified flow's velocity ``dz/dsigma`` that a noise estimate at level i
     (a grid level or a half level) implies at ``z``; for the model's own estimate at ``z``, its velocity
     output (``eps = z + a v``), at ``sigma = 1`` too (through :func:`predict_data`)."""
-    return eps - predict_data(sched, i, z, eps)
+    return noise_of(eps) - predict_data(sched, i, z, eps)
 
 
 def euler_step(sched: Schedule, i, j, z: Tensor, v: Tensor) -> Tensor:

@@ -75,9 +75,9 @@ class InversionResult:
 
 
 def guided_eps(model: DiffusionModel, schedule: Schedule, cond: Conditioning, guidance: float) -> EpsFn:
-    """``eps(z, i)``: the model's guided noise prediction at schedule level i (its label and ``(a_i, s_i)``), a
-    grid level or, on the flow path, a half level ``i - 1/2`` (:meth:`Schedule.midpoint`)."""
-    return lambda z, i: model.eps(z, schedule.label(i), cond, guidance, level=(schedule.a(i), schedule.s(i)))
+    """``eps(z, i)``: the model's guided prediction (:class:`~diffinv.algebra.Prediction`) at schedule level i (its
+    label and ``(a_i, s_i)``), a grid level or, on the flow path, a half level ``i - 1/2`` (:meth:`Schedule.midpoint`)."""
+    return lambda z, i: model.predict(z, schedule.label(i), cond, guidance, level=(schedule.a(i), schedule.s(i)))
 
 
 def _setup(model: DiffusionModel, latent: Tensor, cond: Conditioning | Prompt, schedule: Schedule | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..algebra import transfer
+from ..algebra import noise_of, transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
 from .params import PositiveInt
@@ -24,7 +24,7 @@ def aidi_e(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: PositiveInt = 3, callb
     for i in levels(sched, disable=disable, desc="aidi_e"):
         u, previous = z, None
         for _ in range(K):
-            current = eps(u, i)
+            current = noise_of(eps(u, i))  # averaged below: the noise alone
             mixed = current if previous is None else 0.5 * (current + previous)
             estimate, u, previous = u, transfer(sched, i - 1, i, z, mixed), current
         z_prev, z = z, u

@@ -14,10 +14,12 @@ from typing import Any, Callable, Iterable
 from torch import Tensor
 from tqdm import tqdm  # not tqdm.auto: in a notebook it warns, naming this machine's paths
 
-from ..algebra import transfer
+from ..algebra import Prediction, transfer
 from ..schedule import Schedule
 
-EpsFn = Callable[[Tensor, Any], Tensor]   # level: a grid level (int) or a half level
+# eps(z, level) -> the network's Prediction at a grid level (int) or a half level; a plain noise tensor will do
+# wherever the level has a > 0 (diffinv.algebra)
+EpsFn = Callable[[Tensor, Any], Prediction | Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 
 

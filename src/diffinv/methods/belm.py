@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..algebra import transfer
+from ..algebra import noise_of, transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, exact_top, levels
 
@@ -35,7 +35,7 @@ def belm(eps: EpsFn, z0: Tensor, sched: Schedule, *, callback: Callback = None,
             a_prev, a, a_next = sched.a(k - 1), sched.a(k), sched.a(i)
             z_new = ((h1 ** 2 / h0 ** 2) * (a_next / a_prev) * older
                      + ((h0 ** 2 - h1 ** 2) / h0 ** 2) * (a_next / a) * z
-                     + (h1 * (h0 + h1) / h0) * a_next * eps(z, k))
+                     + (h1 * (h0 + h1) / h0) * a_next * noise_of(eps(z, k)))
         if callback is not None:
             callback({"i": i, "z_prev": z, "z": z_new, "estimate": z})
         older, z = z, z_new
@@ -50,7 +50,7 @@ def belm_reconstruct(eps: EpsFn, state: tuple[Tensor, Tensor], sched: Schedule, 
         a_prev, a, a_next = sched.a(k - 1), sched.a(k), sched.a(k + 1)
         z_new = ((h0 ** 2 / h1 ** 2) * (a_prev / a_next) * newer
                  + ((h1 ** 2 - h0 ** 2) / h1 ** 2) * (a_prev / a) * z
-                 - (h0 * (h0 + h1) / h1) * a_prev * eps(z, k))
+                 - (h0 * (h0 + h1) / h1) * a_prev * noise_of(eps(z, k)))
         if callback is not None:
             callback({"i": k, "z_prev": z, "z": z_new})
         newer, z = z, z_new

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..algebra import transfer
+from ..algebra import noise_of, transfer
 from ..schedule import Schedule
 from .base import Callback, EpsFn, levels
 from .params import NonNegativeFloat, NonNegativeInt
@@ -487,10 +487,10 @@ def renoise(eps: EpsFn, z0: Tensor, sched: Schedule, *, K: NonNegativeInt = 1, m
         early = sched.timesteps[i] < first_timestep
         start, stop = first_range if early else step_range
         iterations = min(max_first, K) if early else K
-        reference = eps(z0, i) if reg_steps > 0 else None
+        reference = noise_of(eps(z0, i)) if reg_steps > 0 else None
         estimate, mean = z, None
         for k in range(iterations + 1):
-            noise = eps(estimate, i)
+            noise = noise_of(eps(estimate, i))  # averaged and regularised below: the noise alone
             if start <= k < stop:
                 j = k - start
                 mean = noise if mean is None else (j * mean + noise) / (j + 1)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..algebra import Prediction
 from ..schedule import Schedule
 
 Prompt = str | Sequence[str] | None
@@ -155,26 +156,28 @@ class DiffusionModel(abc.ABC):
         return uncond + guidance * (conditional - uncond)
 
     @torch.no_grad()
-    def eps(self, z: Tensor, timestep: float, cond: Conditioning, guidance: float = 1.0, *,
-            level: tuple[float, float] | None = None) -> Tensor:
-        """The guided noise prediction at ``timestep``, from :meth:`guided`'s raw output.
+    def predict(self, z: Tensor, timestep: float, cond: Conditioning, guidance: float = 1.0, *,
+                level: tuple[float, float] | None = None) -> Prediction:
+        """The guided prediction at ``timestep`` (:class:`~diffinv.algebra.Prediction`), from :meth:`guided`'s raw
+        output: the noise, and at a level with ``a = 0`` the data prediction too.
 
         ``level`` is ``(a, s)`` of the schedule level the call is made for (a flow model's default: ``sigma =
         timestep / num_train_timesteps``). A velocity ``v`` gives ``eps = z + a v``; at a level with ``a = 0``
-        (``sigma = 1``, where ``eps = z``) the returned tensor also carries the data prediction
-        ``data_prediction = z - s v`` and ``evaluated_at = z``, which :mod:`diffinv.algebra` needs there.
+        (``sigma = 1``, where ``eps = z`` says nothing of the data) also ``x = z - s v``, which
+        :mod:`diffinv.algebra` needs there.
         """
         out = self.guided(z, timestep, cond, guidance)
         if self.prediction_type == "epsilon":
-            return out
+            return Prediction(out, at=z)
         if self.prediction_type != "flow":
             raise ValueError(f"prediction_type must be 'epsilon' or 'flow', got {self.prediction_type!r}")
         if level is None:
             sigma = float(timestep) / self.scheduler_config.get("num_train_timesteps", 1000)
             level = (1.0 - sigma, sigma)
         a, s = level
-        eps = z + a * out
-        if a == 0:
-            eps.data_prediction = z - s * out
-            eps.evaluated_at = z
-        return eps
+        return Prediction(z + a * out, x=z - s * out if a == 0 else None, at=z)
+
+    def eps(self, z: Tensor, timestep: float, cond: Conditioning, guidance: float = 1.0, *,
+            level: tuple[float, float] | None = None) -> Tensor:
+        """The guided noise prediction at ``timestep``: :meth:`predict`'s noise."""
+        return self.predict(z, timestep, cond, guidance, level=level).eps

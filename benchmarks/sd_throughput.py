@@ -164,15 +164,12 @@ def build_sd_v1_4(dtype: torch.dtype, device: str | torch.device, *, channels_la
 
 def load_parts(folder: str | os.PathLike, dtype: torch.dtype, device: str | torch.device, *,
                channels_last: bool = False) -> tuple[Any, Any, Any]:
-    """(unet, vae, text_encoder) from a diffusers-layout folder, e.g. ``write_tiny_stable_diffusion``'s."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    """(unet, vae, text_encoder) from a diffusers-layout folder, e.g. ``write_tiny_stable_diffusion``'s, through the
+    library's one loader (:func:`diffinv.models.load`)."""
+    from diffinv.models import load
 
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype,
-                                                 attn_implementation="sdpa")
-    return prepare(unet, vae, text_encoder, dtype, device, channels_last=channels_last)
+    model = load("stable_diffusion", folder, device=device, dtype=dtype, local_files_only=True)
+    return prepare(model.unet, model.vae, model.text_encoder, dtype, device, channels_last=channels_last)
 
 
 def prepare(unet: Any, vae: Any, text_encoder: Any, dtype: torch.dtype, device: str | torch.device, *,

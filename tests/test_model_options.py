@@ -1,6 +1,8 @@
 """Speed options of the Stable Diffusion backend and per-run dtypes, on the tiny random-weight model:
 each option leaves the result equal, or within a stated tolerance, of the plain float32 run."""
 
+import copy
+
 import pytest
 import torch
 
@@ -76,9 +78,11 @@ def test_a_run_may_set_its_own_dtype_and_keeps_its_signature_without_one():
 
 @pytest.mark.parametrize("key, value", [("latent_dtype", "float32"), ("channels_last", True), ("compile", True)])
 def test_stable_diffusion_options_are_refused_on_the_analytic_model(key, value):
+    """What a backend takes is its class's ``options``; the config check reads them there."""
     config = load_config("demo.yaml")
     config["model"][key] = value
-    with pytest.raises(ConfigError, match=f"config key model.{key}: a Stable Diffusion option"):
+    with pytest.raises(ConfigError, match=f"config key model.{key}: not an option of the gaussian_mixture model "
+                                          r"\(it takes none of latent_dtype, channels_last, compile\)"):
         prepare(config, ROOT / "config" / "schema.yaml")
 
 
@@ -86,3 +90,39 @@ def test_the_model_spec_reads_every_option():
     spec = ModelSpec.from_config({"kind": "stable_diffusion", "dtype": "float16", "device": "cuda", "resolution": 512,
                                   "latent_dtype": "float32", "channels_last": True, "compile": False})
     assert (spec.latent_dtype, spec.channels_last, spec.compile) == ("float32", True, False)
+
+
+def test_a_new_backend_is_its_class_and_its_registration(monkeypatch, tmp_path):
+    """Adding a backend is one file (a DiffusionModel subclass whose class attributes say what it is) and one
+    entry in diffinv.models.BACKENDS: the config checks, the NFE estimate and the loader read it from there."""
+    from diffinv import models
+    from diffinv.api import Run
+    from diffinv.models.base import DiffusionModel
+    from diffinv.workflow.config import nfe_estimate
+
+    class Toy(DiffusionModel):
+        kind, path, image_multiple, guidance, hub = "toy", "vp", 12, "distilled", True
+        options = ("compile", "local_files_only")
+
+        @classmethod
+        def load(cls, weights, *, device=None, dtype=None, **options):
+            return ("loaded", weights, options)
+
+    monkeypatch.setitem(models.BACKENDS, "toy", Toy)
+    config = load_config("config.yaml")
+    config["model"] = {**config["model"], "kind": "toy", "resolution": 520, "latent_dtype": None}
+    config["model"].pop("latent_dtype")
+    with pytest.raises(ConfigError, match="model.resolution: the toy model needs a multiple of 12"):
+        prepare(copy.deepcopy(config), ROOT / "config" / "schema.yaml")
+    config["model"].update(resolution=528, channels_last=True)
+    with pytest.raises(ConfigError, match=r"model.channels_last: not an option of the toy model \(it takes compile\)"):
+        prepare(copy.deepcopy(config), ROOT / "config" / "schema.yaml")
+    config["model"].update(channels_last=False, compile=True)
+    prepare(copy.deepcopy(config), ROOT / "config" / "schema.yaml")
+    # guidance distilled: a guided pass is one NFE
+    assert nfe_estimate(Run("ddim", num_steps=10, guidance=3.0), {"kind": "toy"}) == 20
+    assert models.load("toy", tmp_path, compile=True) == ("loaded", tmp_path, {"compile": True})
+    with pytest.raises(TypeError, match=r"the toy backend takes no option \['channels_last'\]"):
+        models.load("toy", tmp_path, channels_last=True)
+    with pytest.raises(KeyError, match="unknown model kind 'nope'; known: stable_diffusion"):
+        models.load("nope", tmp_path)

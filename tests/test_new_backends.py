@@ -418,7 +418,8 @@ def test_resolution_must_fit_the_patching(kind, resolution, ok):
 def test_channels_last_is_a_unet_option():
     config = load_config("flux.yaml")
     config["model"]["channels_last"] = True
-    with pytest.raises(ConfigError, match="channels_last: a UNet option"):
+    with pytest.raises(ConfigError, match=r"model.channels_last: not an option of the flux model \(it takes latent_dtype, "
+                                          r"compile\)"):
         prepare(config, ROOT / "config" / "schema.yaml")
 
 

@@ -66,23 +66,23 @@ def writable_folder(folder: Path) -> Path:
 
 def load_model(spec: str, device: str | None, dtype: str | None):
     """``demo`` (the fitted mixture, cached), ``sd-v1-4``, a diffusers folder (SD, SDXL, SD3 or FLUX.1, told
-    apart by its model_index.json) or a saved mixture (.npz)."""
-    from .models import BACKENDS, SD_V1_4, GaussianMixtureDenoiser, StableDiffusionBackend, folder_kind
+    apart by its model_index.json) or a saved mixture (.npz), through :func:`diffinv.models.load`."""
+    from .models import SD_V1_4, folder_kind, load
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     if spec == "sd-v1-4":
-        return StableDiffusionBackend.from_pretrained(SD_V1_4, device=device, dtype=torch_dtype)
+        return load("stable_diffusion", SD_V1_4, device=device, dtype=torch_dtype)
     if spec == "demo":
         from .demo import demo_model
 
         print("the demo model (fitted once per version, about 40 s, then cached) ...", file=sys.stderr)
-        return demo_model(device=device or "cpu", dtype=torch_dtype or torch.float64)
+        return demo_model(device=device, dtype=torch_dtype)
     path = Path(spec)
     if path.is_dir():
-        return BACKENDS[folder_kind(path)].from_pretrained(path, device=device, dtype=torch_dtype)
+        return load(folder_kind(path), path, device=device, dtype=torch_dtype)
     if path.is_file():
         try:
-            return GaussianMixtureDenoiser.load(path, device=device or "cpu", dtype=torch_dtype or torch.float64)
+            return load("gaussian_mixture", path, device=device, dtype=torch_dtype)
         except ValueError as exc:
             raise SystemExit(f"diffinv: --model {spec}: {exc}") from None
     raise SystemExit(f"--model {spec!r}: not 'demo', 'sd-v1-4', a diffusers folder or a saved mixture file")

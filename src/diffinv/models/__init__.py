@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from .base import Conditioning, DiffusionModel
 from .flux import FLUX_DEV, FLUX_DEV_REVISION, FluxBackend
@@ -14,12 +17,32 @@ from .sd3 import SD3_MEDIUM, SD3_MEDIUM_REVISION, StableDiffusion3Backend
 from .sdxl import SDXL_BASE, SDXL_BASE_REVISION, StableDiffusionXLBackend
 from .stable_diffusion import SD_V1_4, SD_V1_4_REVISION, StableDiffusionBackend
 
-# model.kind -> the backend that loads a diffusers folder of that kind (gaussian_mixture loads a fitted file)
-BACKENDS: dict[str, type] = {"stable_diffusion": StableDiffusionBackend, "sdxl": StableDiffusionXLBackend,
-                             "sd3": StableDiffusion3Backend, "flux": FluxBackend}
+# model.kind -> its backend. Adding one: its file (a DiffusionModel subclass with its capabilities as class
+# attributes), this entry and its tests (docs/models.md, "Adding a backend").
+BACKENDS: dict[str, type[DiffusionModel]] = {cls.kind: cls for cls in (
+    StableDiffusionBackend, StableDiffusionXLBackend, StableDiffusion3Backend, FluxBackend, GaussianMixtureDenoiser)}
 # diffusers' pipeline class (model_index.json) -> model.kind
 PIPELINE_KINDS = {"StableDiffusionPipeline": "stable_diffusion", "StableDiffusionXLPipeline": "sdxl",
                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+
+
+def backend(kind: str) -> type[DiffusionModel]:
+    """The class of ``model.kind``; an unknown kind names the known ones."""
+    try:
+        return BACKENDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def load(kind: str, weights: str | os.PathLike, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None, **options: Any) -> DiffusionModel:
+    """The one loader of every caller (the workflow, the CLI, the benchmarks): ``kind``'s backend from
+    ``weights`` (a diffusers folder or Hub id, or a fitted file), with the options its class accepts."""
+    cls = backend(kind)
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        raise TypeError(f"the {kind} backend takes no option {unknown}; it takes {list(cls.options) or 'none'}")
+    return cls.load(weights, device=device, dtype=dtype, **options)
 
 
 def folder_kind(folder: str | os.PathLike) -> str:
@@ -33,7 +56,7 @@ def folder_kind(folder: str | os.PathLike) -> str:
     return PIPELINE_KINDS[name]
 
 
-__all__ = ["BACKENDS", "Conditioning", "DiffusionModel", "FLUX_DEV", "FLUX_DEV_REVISION", "FluxBackend",
+__all__ = ["BACKENDS", "backend", "load", "Conditioning", "DiffusionModel", "FLUX_DEV", "FLUX_DEV_REVISION", "FluxBackend",
            "GaussianMixtureDenoiser", "PIPELINE_KINDS", "SD3_MEDIUM", "SD3_MEDIUM_REVISION", "SDXL_BASE",
            "SDXL_BASE_REVISION", "SD_V1_4", "SD_V1_4_REVISION", "StableDiffusion3Backend", "StableDiffusionBackend",
            "StableDiffusionXLBackend", "extract_patches", "fit_gaussian_mixture", "folder_kind"]

@@ -65,6 +65,14 @@ class DiffusionModel(abc.ABC):
     # True when the latent is the image itself (decode(encode(x)) is x): metrics against the model's own
     # round trip are then those against the input, and are not scored twice
     latent_is_image: ClassVar[bool] = False
+
+    # What the backend is, read without loading it (the workflow's config checks, the NFE estimate, the loader):
+    kind: ClassVar[str] = ""                      # its model.kind
+    path: ClassVar[str | None] = "vp"             # "vp" or "flow"; None: chosen by the model's own scheduler config
+    image_multiple: ClassVar[int | None] = None   # image sides must be multiples of this (None: no such rule)
+    guidance: ClassVar[str] = "classifier_free"   # or "distilled": the scale is a network input, one pass for any w
+    hub: ClassVar[bool] = False                   # its weights are a diffusers repository at a revision
+    options: ClassVar[tuple[str, ...]] = ()       # the keywords :meth:`load` takes beyond device and dtype
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype  # the network's
@@ -77,6 +85,13 @@ class DiffusionModel(abc.ABC):
     def __init__(self) -> None:
         self.nfe = 0
         self._alphas_cumprod: Tensor | None = None
+
+    @classmethod
+    def load(cls, weights: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+             **options: Any) -> "DiffusionModel":
+        """The backend from its weights (a diffusers folder or Hub id, or a fitted file): see
+        :func:`diffinv.models.load`, which checks ``options`` against :attr:`options` first."""
+        return cls.from_pretrained(weights, device=device, dtype=dtype, **options)
 
     # -- the network ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -55,8 +55,13 @@ class FluxBackend(LatentDiffusionBackend):
 
     kind = "flux"
     prediction_type = "flow"
+    path = "flow"
     network_name = "transformer"
     patch = 2  # the 2x2 packing
+    image_multiple = 16
+    guidance = "distilled"
+    hub = True
+    options = ("latent_dtype", "vae_dtype", "compile", "resolution", "max_sequence_length", "local_files_only")
 
     def __init__(self, transformer: Any, vae: Any, text_encoder: Any, text_encoder_2: Any, tokenizer: Any,
                  tokenizer_2: Any, scheduler_config: dict[str, Any], *, max_sequence_length: int = 512,

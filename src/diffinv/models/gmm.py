@@ -47,6 +47,9 @@ class GaussianMixtureDenoiser(DiffusionModel):
     """
 
     latent_is_image = True
+    kind = "gaussian_mixture"
+    path = None  # its scheduler config puts it on either path
+    options = ("scheduler_config", "schedule_options")
 
     def __init__(self, weights: Any, means: Any, covariances: Any, *, patch_size: int | None = None,
                  scheduler_config: dict[str, Any] | None = None, schedule_options: dict[str, Any] | None = None,
@@ -189,8 +192,11 @@ class GaussianMixtureDenoiser(DiffusionModel):
                      covariances=self.covariances.numpy(), meta=np.array(json.dumps(meta)))
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs: Any) -> "GaussianMixtureDenoiser":
-        """A saved mixture; keywords override the saved ones (``scheduler_config`` moves it to another path)."""
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+             **kwargs: Any) -> "GaussianMixtureDenoiser":
+        """A saved mixture (on the CPU in float64 unless ``device``, ``dtype`` say otherwise); keywords override the
+        saved ones (``scheduler_config`` moves it to another path)."""
+        kwargs |= {"device": device or "cpu", "dtype": dtype or torch.float64}
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))

@@ -93,7 +93,10 @@ def prompt_list(prompt: Prompt, batch_size: int) -> list[str]:
     return prompts
 
 
-def stack_embeddings(rows: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+def stack_embeddings(rows: list[Tensor] | list[Mapping[str, Tensor]]) -> Tensor | dict[str, Tensor]:
+    """One embedding per image along a new batch dimension (per key for dicts)."""
+    if isinstance(rows[0], Tensor):
+        return torch.stack(rows)
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
 
@@ -136,7 +139,7 @@ class LatentDiffusionBackend(DiffusionModel):
         self.pipeline_config = dict(pipeline_config or {})
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.default_resolution()
-        self._prompt_cache: dict[str, dict[str, Tensor]] = {}
+        self._prompt_cache: dict[str, Tensor | dict[str, Tensor]] = {}
 
     def default_resolution(self) -> int:
         return int(getattr(self.network.config, "sample_size", None) or 128) * self.vae_scale_factor
@@ -184,16 +187,16 @@ class LatentDiffusionBackend(DiffusionModel):
 
     # -- prompts -----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def embed_text(self, text: str) -> dict[str, Tensor]:
-        """Every text encoder's output for one prompt, without a batch dimension."""
+    def embed_text(self, text: str) -> Tensor | dict[str, Tensor]:
+        """The text encoders' output for one prompt, without a batch dimension (a dict for several inputs)."""
 
     @torch.no_grad()
-    def embed(self, text: str) -> dict[str, Tensor]:
+    def embed(self, text: str) -> Tensor | dict[str, Tensor]:
         if text not in self._prompt_cache:
             self._prompt_cache[text] = self.embed_text(text)
         return self._prompt_cache[text]
 
-    def unconditional(self) -> dict[str, Tensor] | None:
+    def unconditional(self) -> Tensor | dict[str, Tensor] | None:
         """The embedding the guided pass's unconditional half uses: the empty prompt's."""
         return self.embed("")
 

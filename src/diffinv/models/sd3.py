@@ -35,7 +35,11 @@ class StableDiffusion3Backend(LatentDiffusionBackend):
 
     kind = "sd3"
     prediction_type = "flow"
+    path = "flow"
     network_name = "transformer"
+    image_multiple = 16  # the VAE's 8 times the transformer's 2x2 patches
+    hub = True
+    options = ("latent_dtype", "vae_dtype", "compile", "resolution", "max_sequence_length", "local_files_only")
 
     def __init__(self, transformer: Any, vae: Any, text_encoder: Any, text_encoder_2: Any, text_encoder_3: Any,
                  tokenizer: Any, tokenizer_2: Any, tokenizer_3: Any, scheduler_config: dict[str, Any], *,

@@ -36,6 +36,10 @@ class StableDiffusionXLBackend(LatentDiffusionBackend):
     kind = "sdxl"
     prediction_type = "epsilon"
     network_name = "unet"
+    image_multiple = 8
+    hub = True
+    options = ("latent_dtype", "vae_dtype", "channels_last", "compile", "resolution", "vae", "vae_revision",
+               "local_files_only")
 
     def __init__(self, unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any, tokenizer: Any,
                  tokenizer_2: Any, scheduler_config: dict[str, Any], *, channels_last: bool = False,

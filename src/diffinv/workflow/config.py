@@ -198,13 +198,8 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
     return {**runs, **variants}, aliases
 
 
-# Image sides a backend accepts are multiples of its VAE's factor (8) times its network's patch (SD3's
-# transformer and FLUX.1's packing: 2).
-PIXEL_MULTIPLES = {"stable_diffusion": 8, "sdxl": 8, "sd3": 16, "flux": 16}
-# Backends whose guidance scale is an input of the network (FLUX.1-dev): a guided pass is 1 NFE.
-GUIDANCE_DISTILLED = ("flux",)
-# Backends on the rectified-flow path.
-FLOW_KINDS = ("sd3", "flux")
+# The model options a preset can set, each a keyword of the backends that take it (their class's options).
+MODEL_OPTIONS = ("latent_dtype", "channels_last", "compile")
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
@@ -230,6 +225,7 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         raise ConfigError(f"config key report.images: {report['images']} images are shown but only the first "
                           f"qualitative = {config['qualitative']} keep their reconstructions")
     model = config["model"]
+    backend = _backend(model)
     from ..evaluation.metrics import min_side
 
     smallest = min_side(config["metrics"]["lpips"])
@@ -237,18 +233,21 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         nets = config["metrics"]["lpips"]
         raise ConfigError(f"config key model.resolution: {model['resolution']} px is below the {smallest} px that "
                           f"SSIM{' and LPIPS ' + '/'.join(nets) if nets else ''} need to score an image")
-    multiple = PIXEL_MULTIPLES.get(model["kind"])
+    multiple = backend.image_multiple
     if multiple and model["resolution"] % multiple:
         raise ConfigError(f"config key model.resolution: the {model['kind']} model needs a multiple of {multiple}")
-    if model["kind"] == "gaussian_mixture":
-        for key in ("latent_dtype", "channels_last", "compile"):
-            if model.get(key):
-                raise ConfigError(f"config key model.{key}: a Stable Diffusion option; the {model['kind']} "
-                                  "model has no network to lay out or compile, and its latents are its dtype")
-    elif model["kind"] in ("sd3", "flux") and model.get("channels_last"):
-        raise ConfigError(f"config key model.channels_last: a UNet option; the {model['kind']} model is a transformer")
+    for key in MODEL_OPTIONS:
+        if model.get(key) and key not in backend.options:
+            takes = [o for o in MODEL_OPTIONS if o in backend.options]
+            raise ConfigError(f"config key model.{key}: not an option of the {model['kind']} model (it takes "
+                              f"{', '.join(takes) or 'none of ' + ', '.join(MODEL_OPTIONS)})")
+    if backend.hub:
+        missing = [key for key in ("repo_id", "revision") if key not in model]
+        if missing:
+            raise ConfigError(f"config key model.{missing[0]}: the {model['kind']} model's weights are a diffusers "
+                              "repository at a pinned commit: set repo_id and revision")
     _check_mixture_path(model)
-    path = "flow" if model["kind"] in FLOW_KINDS or model.get("path") == "flow" else "vp"
+    path = model_path(model)
     for name in config["runs"]:  # a sweep variant has its run's method
         paths = get_method(runs[name].method).paths
         if path not in paths:
@@ -298,6 +297,20 @@ def _check_mixture_path(model: dict[str, Any]) -> None:
         raise ConfigError("config key model.flow.image_seq_len: used only with use_dynamic_shifting: true")
 
 
+def _backend(model: Mapping[str, Any]):
+    from ..models import backend
+
+    try:
+        return backend(model["kind"])
+    except KeyError as exc:
+        raise ConfigError(f"config key model.kind: {exc.args[0]}") from None
+
+
+def model_path(model: Mapping[str, Any]) -> str:
+    """The Gaussian path of the configured model: its backend's, or the mixture's ``model.path``."""
+    return _backend(model).path or model.get("path", "vp")
+
+
 def mixture_path(model: dict[str, Any]) -> dict[str, Any]:
     """Keywords of :class:`~diffinv.models.GaussianMixtureDenoiser` for ``model.path``: none on the VP path;
     on the flow path its scheduler config (SD3's, updated with ``model.flow``) and schedule options."""
@@ -319,15 +332,16 @@ def nfe_estimate(run: Run, model: Mapping[str, Any] | str = "stable_diffusion") 
     resolution shift moves only which levels fall below ReNoise's ``first_timestep``), SD's otherwise."""
     from ..schedule import Schedule
 
-    kind = model if isinstance(model, str) else model["kind"]
-    method = get_method(run.method)
-    if not isinstance(model, str) and model.get("path") == "flow":
+    model = {"kind": model} if isinstance(model, str) else model
+    backend, method = _backend(model), get_method(run.method)
+    if backend.path is None and model.get("path") == "flow":
         path = mixture_path(model)
         sched = Schedule.from_scheduler_config(path["scheduler_config"], run.num_steps, **path["schedule_options"])
-    elif kind in FLOW_KINDS:
+    elif backend.path == "flow":
         sched = Schedule.rectified_flow(run.num_steps)
     else:
         sched = Schedule.stable_diffusion(run.num_steps)
-    passes = {w: 1 if w == 1 or kind in GUIDANCE_DISTILLED else 2 for w in (run.guidance, run.reconstruction_guidance)}
+    distilled = backend.guidance == "distilled"
+    passes = {w: 1 if w == 1 or distilled else 2 for w in (run.guidance, run.reconstruction_guidance)}
     return method.nfe(run.params, sched) * passes[run.guidance] + method.reconstruct_nfe(sched) * passes[
         run.reconstruction_guidance]

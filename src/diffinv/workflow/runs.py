@@ -56,21 +56,16 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"model.device is {spec.device!r} but CUDA is not available on this machine; "
                            "set model.device: cpu (slow for Stable Diffusion) or run where a GPU is")
-    dtype = DTYPES[spec.dtype]
-    if spec.kind == "gaussian_mixture":
-        from ..models import GaussianMixtureDenoiser
+    from ..models import backend, load
 
-        return GaussianMixtureDenoiser.load(weights, dtype=dtype)
-    from ..models import BACKENDS
-
-    if str(weights).endswith(".json"):
-        weights = json.loads(Path(weights).read_text())["folder"]
-    options = {"channels_last": spec.channels_last} if spec.kind in ("stable_diffusion", "sdxl") else {}
-    if spec.kind in ("sdxl", "sd3", "flux"):
-        options["resolution"] = spec.resolution  # the size a resolution-dependent schedule is built for
-    return BACKENDS[spec.kind].from_pretrained(
-        Path(weights), device=device, dtype=dtype, local_files_only=True, compile=spec.compile,
-        latent_dtype=DTYPES[spec.latent_dtype] if spec.latent_dtype else None, **options)
+    if str(weights).endswith(".json"):  # fetch_weights' manifest: the snapshot's folder
+        weights = Path(json.loads(Path(weights).read_text())["folder"])
+    wanted = {"latent_dtype": DTYPES[spec.latent_dtype] if spec.latent_dtype else None,
+              "channels_last": spec.channels_last, "compile": spec.compile,
+              "resolution": spec.resolution,  # the size a resolution-dependent schedule is built for
+              "local_files_only": True}
+    options = {key: value for key, value in wanted.items() if key in backend(spec.kind).options}
+    return load(spec.kind, weights, device=device, dtype=DTYPES[spec.dtype], **options)
 
 
 def origin(model: DiffusionModel, spec: ModelSpec, *, code: str = "", weights_sha256: str = "") -> dict[str, str]:

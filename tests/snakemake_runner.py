@@ -14,10 +14,14 @@ from diffinv.workflow.config import validate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True,
-              snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(cwd), *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
+def snakemake_command(*args: str, cwd: Path = ROOT, snakefile: Path = ROOT / "Snakefile") -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(cwd), *args]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True, snakefile: Path = ROOT / "Snakefile",
+              timeout: float = 1200) -> subprocess.CompletedProcess:
+    cmd = snakemake_command(*args, cwd=cwd, snakefile=snakefile)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc

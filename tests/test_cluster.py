@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from diffinv.config import expand_runs
+from diffinv.workflow.config import expand_runs
 from httpserver import LocalServer
 from snakemake_runner import ROOT, job_counts, load_config, snakemake, snakemake_command
 from test_workflow_demo import SDIST, demo_workdir, run_demo

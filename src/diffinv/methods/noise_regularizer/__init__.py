@@ -27,16 +27,19 @@ from torch import Tensor
 from .autocorrelation import AutoCorrelation, Shifts, auto_correlation_grad, pyramid_sizes
 from .kl import KL_CLIP, kl_gradient, patch_kl_grad, reference_statistics
 
-__all__ = ["NoiseRegularizer", "regularize_noise", "patch_kl_grad", "auto_correlation_grad"]
+__all__ = ["NoiseRegularizer", "regularize_noise", "descend", "patch_kl_grad", "auto_correlation_grad"]
 
 
-def _descend(e: Tensor, grad: Tensor, rate: float, nan_guard: bool) -> Tensor:
-    """``e - rate * grad``, per image; with ``nan_guard`` an image whose gradient is not finite keeps ``e``."""
-    step = e - rate * grad
+def descend(e: Tensor, grad: Tensor, rate: float, nan_guard: bool, *, in_place: bool = False) -> Tensor:
+    """``e - rate * grad`` per image (dim 0); with ``nan_guard`` an image whose gradient is not finite keeps
+    ``e`` (ReNoise issue #9). The one NaN guard of both kinds of step. ``in_place``: into ``e`` (the
+    auto-correlation steps, on its planes); unguarded as ``e.sub_(grad, alpha=rate)``, which rounds
+    differently from ``e - rate * grad`` (one fused multiply-add), as the steps always have."""
     if not nan_guard:
-        return step
+        return e.sub_(grad, alpha=rate) if in_place else e - rate * grad
     finite = torch.isfinite(grad).reshape(grad.shape[0], -1).all(1).view(-1, *[1] * (grad.ndim - 1))
-    return torch.where(finite, step, e)
+    step = torch.where(finite, e - rate * grad, e)
+    return e.copy_(step) if in_place else step
 
 
 class NoiseRegularizer:
@@ -79,11 +82,12 @@ class NoiseRegularizer:
         for _ in range(self.reg_steps):
             if self.lambda_kl > 0:
                 grad = kl_gradient(e, ref_mean, ref_var_eps, self.patch).clamp_(-KL_CLIP, KL_CLIP)
-                e = _descend(e, grad, self.lambda_kl, self.nan_guard)
+                e = descend(e, grad, self.lambda_kl, self.nan_guard)
             if self.rolls:
-                autocorrelation.load(e)
+                autocorrelation.load(e)  # the steps work on its planes
                 for _ in range(self.ac_rolls):
-                    autocorrelation.descend(roll, self.lambda_ac / self.ac_rolls, self.nan_guard)
+                    descend(autocorrelation.noise, autocorrelation.gradient(roll), self.lambda_ac / self.ac_rolls,
+                            self.nan_guard, in_place=True)
                     roll += 1
                 e = autocorrelation.unload()
         return e

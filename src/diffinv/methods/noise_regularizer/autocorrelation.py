@@ -62,8 +62,8 @@ class Shifts:
 class AutoCorrelation:
     """Auto-correlation gradients of a batch of noises (B, C, H, W), for a series of drawn shifts.
 
-    Holds the noise being regularised, as the first run's top planes, between ``load`` and ``unload``, so
-    that a series of gradient steps stays in that layout.
+    Holds the noise being regularised, as the first run's top planes (``noise``), between ``load`` and
+    ``unload``, so that a series of gradient steps stays in that layout.
     """
 
     def __init__(self, shape: torch.Size, rolls: int, dtype: torch.dtype, device: torch.device):
@@ -72,6 +72,7 @@ class AutoCorrelation:
         breaks = [j for j in range(1, len(sizes)) if sizes[j - 1][0] % 2 or sizes[j - 1][1] % 2]
         self.bounds = list(zip([0, *breaks], [*breaks, len(sizes)]))
         self.runs = [PolyphaseRun(sizes[a:b], batch, channels, rolls, dtype, device) for a, b in self.bounds]
+        self.noise = self.runs[0].top
 
     def set_shifts(self, shifts: Tensor) -> None:
         """``shifts`` (rolls, B, C, levels); roll ``r`` of ``gradient`` uses ``shifts[r]``."""
@@ -85,7 +86,7 @@ class AutoCorrelation:
         return self.runs[0].natural()
 
     def gradient(self, roll: int) -> Tensor:
-        """The loaded noise's gradient for shifts ``roll``, as the first run's top planes."""
+        """The loaded noise's gradient for shifts ``roll``, laid out as ``noise``."""
         runs = self.runs
         for upper, lower in zip(runs, runs[1:]):  # down the pyramid; a new run starts after an odd size
             upper.pool_levels()
@@ -103,15 +104,6 @@ class AutoCorrelation:
         """``gradient`` as (B, C, H, W)."""
         self.gradient(roll)
         return self.runs[0].natural(gradient=True)
-
-    def descend(self, roll: int, rate: float, nan_guard: bool) -> None:
-        """``e - rate * gradient``, in place; with ``nan_guard`` not for an image whose gradient is not finite."""
-        grad, top = self.gradient(roll), self.runs[0].top
-        if nan_guard:
-            finite = torch.isfinite(grad).reshape(grad.shape[0], -1).all(1).view(-1, 1, 1, 1, 1)
-            top.copy_(torch.where(finite, top - rate * grad, top))
-        else:
-            top.sub_(grad, alpha=rate)
 
 
 def auto_correlation_grad(e: Tensor, generator: torch.Generator) -> Tensor:

@@ -1,9 +1,9 @@
 """Speed of ReNoise's noise regulariser before and after its vectorisation (issue 14), in one run.
 
 Before: the regulariser as it was, image by image and channel by channel with the KL gradient through
-autograd (the copy kept as the reference in tests/test_renoise.py). After:
-``diffinv.methods.renoise.NoiseRegularizer``, reused across calls as ``renoise`` does. Both get the same
-noises, references and seeds, with the official defaults (4 steps of one KL step and 5 auto-correlation
+autograd (kept as the reference, ``diffinv.methods.noise_regularizer.reference``). After:
+``diffinv.methods.noise_regularizer.NoiseRegularizer``, reused across calls as ``renoise`` does. Both get
+the same noises, references and seeds, with the official defaults (4 steps of one KL step and 5 auto-correlation
 rolls). Prints milliseconds per call and image, their ratio and the largest difference of the outputs, for
 the demo's shapes (its model's latent is the 64 px image itself: (B, 3, 64, 64), float64; B = 1, 4 and the
 demo's batch of 34) and Stable Diffusion's ((B, 4, 64, 64), float32; B = 1 and 4). Then the seconds of
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 import time
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -33,10 +31,10 @@ from diffinv import invert
 from diffinv.workflow.data import DEMO_EVAL, load_photo
 from diffinv.demo import fit_demo_model
 from diffinv.evaluation.images import to_tensor
+from diffinv.methods.noise_regularizer import NoiseRegularizer
+from diffinv.methods.noise_regularizer.reference import reference_regularize_noise
 
 renoise_module = importlib.import_module("diffinv.methods.renoise")  # the package's ``renoise`` is the function
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_renoise import reference_regularize_noise  # noqa: E402
 
 DEFAULTS = {"lambda_kl": 0.065, "lambda_ac": 20.0, "reg_steps": 4, "ac_rolls": 5, "nan_guard": False}
 
@@ -76,10 +74,10 @@ def regulariser_row(label: str, shape: tuple[int, ...], dtype: torch.dtype, repe
     def seeded():
         return [torch.Generator().manual_seed(b) for b in range(shape[0])]
 
-    new = renoise_module.NoiseRegularizer(seeded(), **DEFAULTS)
+    new = NoiseRegularizer(seeded(), **DEFAULTS)
     old = LoopedRegularizer(seeded(), **DEFAULTS)
     times = best_of_interleaved({"old": lambda: old(noise, reference), "new": lambda: new(noise, reference)}, repeats)
-    gap = (renoise_module.NoiseRegularizer(seeded(), **DEFAULTS)(noise, reference)
+    gap = (NoiseRegularizer(seeded(), **DEFAULTS)(noise, reference)
            - LoopedRegularizer(seeded(), **DEFAULTS)(noise, reference)).abs().max().item()
     per_image = 1e3 / shape[0]
     print(f"{label:<34} {times['old'] * per_image:>10.2f} {times['new'] * per_image:>10.2f} "
@@ -113,7 +111,7 @@ def inversion_rows(repeats: int) -> None:
 
     for K in (1, 3):
         times = best_of_interleaved({"old": lambda: run("old", LoopedRegularizer, K),
-                                     "new": lambda: run("new", renoise_module.NoiseRegularizer, K)}, repeats)
+                                     "new": lambda: run("new", NoiseRegularizer, K)}, repeats)
         gap = (latents["old"] - latents["new"]).abs().max().item()
         print(f"{K:>3} {times['old']:>9.2f} {times['new']:>9.2f} {times['old'] / times['new']:>7.1f} {gap:>17.1e}")
     # the regulariser amplifies differences in its input (ReNoise's defaults on this model): the latents part

@@ -1,11 +1,13 @@
 """Code fingerprints at the right grain, weights digests, versions and the git line of captions."""
 
+import hashlib
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
+from diffinv import METHODS
 from diffinv.workflow import notebooks, provenance
 from diffinv.models import GaussianMixtureDenoiser
 from snakemake_runner import ROOT
@@ -45,6 +47,28 @@ def test_an_invert_job_runs_its_own_methods_module_and_no_other():
     # the ablation and its method share a module, hence a fingerprint
     assert provenance.code_fingerprint(script, method="ife") == provenance.code_fingerprint(script, method="ife_noerr")
     assert provenance.code_fingerprint(script, method="ife") != provenance.code_fingerprint(script, method="ddim")
+
+
+def test_an_edit_of_renoise_s_noise_regularizer_changes_renoise_s_fingerprint_only(monkeypatch):
+    # not a registered method's module: it is ReNoise's because only methods/renoise.py imports it
+    script = ROOT / "rules" / "scripts" / "invert.py"
+    jobs = {**{("invert", method): (script, method) for method in METHODS},
+            **{entry.name: (entry, None) for entry in [*(ROOT / "rules" / "scripts").glob("*.py"),
+                                                       *(ROOT / "notebooks").glob("*.ipynb")]}}
+
+    def fingerprints():
+        return {job: provenance.code_fingerprint.__wrapped__(entry, method=method)
+                for job, (entry, method) in jobs.items()}
+
+    before, digest = fingerprints(), provenance._module_digest
+    modules = sorted((provenance.PACKAGE / "methods" / "noise_regularizer").glob("*.py"))
+    assert {"__init__.py", "kl.py", "autocorrelation.py", "reference.py"} <= {m.name for m in modules}
+    for module in modules:
+        edited = hashlib.sha256(provenance.normalised_code(module.read_text() + "\nEDITED = 1\n").encode()).digest()
+        monkeypatch.setattr(provenance, "_module_digest", lambda path: edited if path == module else digest(path))
+        changed = {job for job, fingerprint in fingerprints().items() if fingerprint != before[job]}
+        # the readable reference runs in the tests and the benchmark only
+        assert changed == (set() if module.name == "reference.py" else {("invert", "renoise")}), module.name
 
 
 def test_notebooks_depend_on_the_modules_they_import():

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from diffinv import METHODS, invert, reconstruct
-from diffinv.methods.renoise import (NoiseRegularizer, auto_correlation_grad, patch_kl, patch_kl_grad,
-                                     regularize_noise)
+from diffinv.methods.noise_regularizer import NoiseRegularizer, auto_correlation_grad, patch_kl_grad, regularize_noise
+from diffinv.methods.noise_regularizer.reference import (auto_correlation_loss, patch_kl,
+                                                         reference_auto_correlation_grad, reference_kl_grad,
+                                                         reference_regularize_noise)
 from diffinv.models import StableDiffusionBackend
 from diffinv.testing import write_tiny_stable_diffusion
 
@@ -66,101 +68,14 @@ def test_batch_equals_images_one_by_one_despite_random_shifts(folder):
     torch.testing.assert_close(batch, single)
 
 
-def looped_auto_correlation(e, generator):
-    """The official loop, channel by channel (pix2pix-zero / ReNoise), as the reference."""
-    import torch.nn.functional as F
-
-    loss = e.new_zeros(())
-    for channel in e:
-        noise = channel[None, None]
-        while True:
-            shift = int(torch.randint(0, max(noise.shape[2] // 2, 1), (1,), generator=generator))
-            loss = loss + (noise * noise.roll(shift, dims=2)).mean() ** 2
-            loss = loss + (noise * noise.roll(shift, dims=3)).mean() ** 2
-            if noise.shape[2] <= 8:
-                break
-            noise = F.avg_pool2d(noise, kernel_size=2)
-    return loss
-
-
 @pytest.mark.parametrize("shape", [(4, 64, 64), (3, 40, 24), (2, 8, 8), (4, 5, 7), (3, 37, 21)])
 def test_closed_form_auto_correlation_gradient_equals_autograd_through_the_official_loop(shape):
     e = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = e.clone().requires_grad_(True)
-    loss = looped_auto_correlation(x, torch.Generator().manual_seed(7))
+    loss = auto_correlation_loss(x, torch.Generator().manual_seed(7))
     (expected,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(auto_correlation_grad(e, torch.Generator().manual_seed(7)), expected,
                                rtol=1e-10, atol=1e-15)
-
-
-# The regulariser as it was before its vectorisation (issue 14), copied from src/diffinv/methods/renoise.py
-# with names prefixed and annotations and docstrings dropped: the reference the vectorised one must equal,
-# and the "before" of benchmarks/renoise.py. Image by image, channel by channel, the KL gradient by autograd.
-REFERENCE_KL_EPSILON = 1e-6
-
-
-def reference_patch_kl(e, reference, patch=4):
-    def stats(x):
-        rows = x.unfold(1, patch, patch).unfold(2, patch, patch).flatten(3)   # (C, nh, nw, p*p)
-        return rows.mean(-1), rows.var(-1)
-
-    mu, var = stats(e)
-    mu_ref, var_ref = stats(reference)
-    kl = (torch.log((var_ref + REFERENCE_KL_EPSILON) / (var + REFERENCE_KL_EPSILON))
-          + (var + (mu - mu_ref) ** 2) / (var_ref + REFERENCE_KL_EPSILON) - 1)
-    return kl.abs().sum()
-
-
-def reference_auto_correlation_grad(e, generator):
-    import torch.nn.functional as F
-
-    grads = []
-    for channel in e:
-        levels = [channel]
-        shifts = [int(torch.randint(0, max(channel.shape[0] // 2, 1), (1,), generator=generator))]
-        while levels[-1].shape[0] > 8:
-            levels.append(F.avg_pool2d(levels[-1][None, None], kernel_size=2)[0, 0])
-            shifts.append(int(torch.randint(0, max(levels[-1].shape[0] // 2, 1), (1,), generator=generator)))
-        grad = torch.zeros_like(levels[-1])
-        for level in range(len(levels) - 1, -1, -1):
-            noise, shift = levels[level], shifts[level]
-            if level < len(levels) - 1:  # pooling's adjoint: a quarter of each cell to its 2 x 2 block
-                h, w = grad.shape
-                spread = torch.zeros_like(noise)
-                spread[: 2 * h, : 2 * w] = grad.repeat_interleave(2, 0).repeat_interleave(2, 1) / 4
-                grad = spread
-            for dim in (0, 1):
-                ahead, behind = noise.roll(shift, dim), noise.roll(-shift, dim)
-                grad = grad + (2 * (noise * ahead).mean() / noise.numel()) * (ahead + behind)
-        grads.append(grad)
-    return torch.stack(grads)
-
-
-def reference_descend(e, grad, rate, clip, nan_guard):
-    if clip is not None:
-        grad = grad.clamp(-clip, clip)
-    if nan_guard and not bool(torch.isfinite(grad).all()):
-        return e
-    return e - rate * grad
-
-
-def reference_kl_grad(e, reference):
-    with torch.enable_grad():
-        var = e.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(reference_patch_kl(var, reference), var)
-    return grad
-
-
-def reference_regularize_noise(e, reference, generator, *, lambda_kl, lambda_ac, reg_steps, ac_rolls, nan_guard):
-    """ReNoise's noise regulariser on one image's noise (C, H, W), as it was before issue 14."""
-    for _ in range(reg_steps):
-        if lambda_kl > 0:
-            e = reference_descend(e, reference_kl_grad(e, reference), lambda_kl, 100.0, nan_guard)
-        if lambda_ac > 0:
-            for _ in range(ac_rolls):
-                e = reference_descend(e, reference_auto_correlation_grad(e, generator), lambda_ac / ac_rolls, None,
-                                      nan_guard)
-    return e
 
 
 def seeded(count, seed=0):

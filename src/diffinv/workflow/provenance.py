@@ -7,7 +7,8 @@ when code it imports changes, and only then. The fingerprint hashes each module'
 docstrings, so comments, docstrings and formatting change nothing. The grain: a job depends on the
 modules its script (or notebook) imports, followed through the package's own imports; the modules that
 hold the registered inversion methods are left out of that closure, and an invert job adds back its own
-method's modules. So editing ``methods/ife.py`` reruns the IFE runs only, and editing ``figures.py``
+method's modules with what they import. So editing ``methods/ife.py`` reruns the IFE runs only (and
+``methods/noise_regularizer/``, imported by ReNoise only, the ReNoise runs), and editing ``figures.py``
 reruns the notebooks that import it.
 """
 

@@ -35,14 +35,9 @@ def fit_demo_model(photos: Sequence[str] = DEMO_FIT, *, size: int = 128, patch_s
                                 max_patches=max_patches, seed=seed, **model)
 
 
-def demo_model(cache: str | Path | None = None, **model: Any) -> GaussianMixtureDenoiser:
-    """The demo preset's model (:func:`fit_demo_model` with its defaults), fitted once and cached.
-
-    The fit (about 40 s on one core) is saved under ``cache`` (default: ``$XDG_CACHE_HOME/diffinv``, else
-    ``~/.cache/diffinv``) in a file named for this package's version and the versions of the libraries the
-    fit depends on, so a new version fits anew and every later call loads it in a fraction of a second.
-    ``model``: keywords of the denoiser at load time (``dtype``, ``device``, a flow ``scheduler_config``).
-    """
+def demo_model_path(cache: str | Path | None = None) -> Path:
+    """Where :func:`demo_model` keeps its fit: in ``cache`` (default: ``$XDG_CACHE_HOME/diffinv``, else
+    ``~/.cache/diffinv``), named for this package's version and those of the libraries the fit depends on."""
     import hashlib
     import json
     import os
@@ -50,11 +45,24 @@ def demo_model(cache: str | Path | None = None, **model: Any) -> GaussianMixture
 
     from . import __version__
 
-    root = Path(cache) if cache is not None else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = root if cache is not None else root / "diffinv"
+    if cache is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffinv"
     made_by = {"diffinv": __version__, **{p: metadata.version(p) for p in ("scikit-learn", "numpy", "pillow")}}
     key = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:12]
-    path = folder / f"demo-model-{__version__}-{key}.npz"
+    return Path(cache) / f"demo-model-{__version__}-{key}.npz"
+
+
+def demo_model(cache: str | Path | None = None, **model: Any) -> GaussianMixtureDenoiser:
+    """The demo preset's model (:func:`fit_demo_model` with its defaults), fitted once and cached.
+
+    The fit (about 40 s on one core) is saved at :func:`demo_model_path`, so a new version fits anew and every
+    later call loads it in a fraction of a second.
+    ``model``: keywords of the denoiser at load time (``dtype``, ``device``, a flow ``scheduler_config``).
+    """
+    import os
+
+    path = demo_model_path(cache)
+    folder = path.parent
     if not path.is_file():
         import tempfile
 

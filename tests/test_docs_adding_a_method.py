@@ -143,9 +143,9 @@ def test_the_page_breaks_its_test_when_its_code_breaks(request, tmp_path, monkey
     """The self-test is not vacuous: Heun's average written with the wrong weight fails the page's own test."""
     monkeypatch.chdir(tmp_path)
     text = PAGE.read_text(encoding="utf-8")
-    wrong = "(1 - theta) * start + theta * eps(estimate, i)"
+    wrong = "(1 - theta) * start + theta * noise_of(eps(estimate, i))"
     assert text.count(wrong) == 1
-    broken = text.replace(wrong, "(1 - theta) * start + theta * eps(estimate, i - 1)")
+    broken = text.replace(wrong, "(1 - theta) * start + theta * noise_of(eps(estimate, i - 1))")
     untouched = registered()
     with page_method(broken, tmp_path):
         with pytest.raises(AssertionError):

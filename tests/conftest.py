@@ -27,9 +27,22 @@ def sample_mixture(model: GaussianMixtureDenoiser, n: int, seed: int = 1) -> tor
     return torch.from_numpy(x)
 
 
+def rel_error(a, b) -> float:
+    """The relative error ||a - b|| / ||b||."""
+    return ((a - b).norm() / b.norm()).item()
+
+
 @pytest.fixture(scope="session")
 def mixture():
     return random_mixture()
+
+
+@pytest.fixture(scope="session")
+def flow():
+    """The session's mixture on the rectified-flow path, with SD3's scheduler config: a velocity model."""
+    from diffinv.schedule import SD3_SCHEDULER_CONFIG
+
+    return random_mixture(scheduler_config=SD3_SCHEDULER_CONFIG)
 
 
 @pytest.fixture(scope="session")

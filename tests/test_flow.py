@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_mixture, sample_mixture
+from conftest import random_mixture, rel_error, sample_mixture
 from diffinv import METHODS, invert, reconstruct
 from diffinv.algebra import Prediction, SingularLevel, predict_data, transfer
 from diffinv.schedule import SD3_SCHEDULER_CONFIG, STABLE_DIFFUSION_SCHEDULER_CONFIG, Schedule, calculate_shift
@@ -22,14 +22,6 @@ SMALL = {"fpi": {"K": 2}, "aidi_e": {"K": 3}, "aidi_a": {"K": 4, "m": 2}, "ife":
          "renoise": {"K": 2, "reg_steps": 0}}
 
 
-def rel_error(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def flow():
-    """The session's mixture (tests/conftest.py) on the flow path with SD3's scheduler config."""
-    return random_mixture(scheduler_config=SD3_SCHEDULER_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from conftest import random_mixture, sample_mixture
+from conftest import sample_mixture
+from conftest import rel_error as rel
 from diffinv import METHODS, invert, reconstruct
 from diffinv.api import guided_eps
 from diffinv.models import GaussianMixtureDenoiser
@@ -20,14 +21,6 @@ from diffinv.schedule import SD3_SCHEDULER_CONFIG, STABLE_DIFFUSION_SCHEDULER_CO
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def flow():
-    """The session's mixture (tests/conftest.py) as a velocity model on SD3's grid."""
-    return random_mixture(scheduler_config=SD3_SCHEDULER_CONFIG)
 
 
 @pytest.fixture(scope="module")

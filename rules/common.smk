@@ -23,6 +23,7 @@ RUNS, ALIASES = prepare(config, Path(workflow.basedir) / "config" / "schema.yaml
 RESULTS = f"results/{config['preset']}"
 DATASETS = config["datasets"]
 MODEL = config["model"]
+TRAINED = "train" in MODEL  # a pixel model the workflow trains (rule train_model), not fetched
 
 
 wildcard_constraints:
@@ -66,6 +67,8 @@ def shard_outputs(wildcards=None):
 def model_weights(wildcards=None):
     if MODEL["kind"] == "gaussian_mixture":
         return f"{RESULTS}/model/gmm.npz"
+    if TRAINED:
+        return f"{RESULTS}/model/pixel"
     repo = "--".join(MODEL["repo_id"].split("/"))
     return f"data/weights/{repo}-{MODEL['revision']}.json"
 
@@ -149,6 +152,10 @@ TABLE_LABEL = (
     "demo model (exact Gaussian-mixture denoiser{}), not the paper's numbers".format(
         ", rectified-flow path" if MODEL.get("path") == "flow" else "")
     if MODEL["kind"] == "gaussian_mixture"
+    else "learned demo model (a {}-px UNet2DModel trained by this workflow for {} steps on {} photographs, {}; not "
+    "Stable Diffusion), not the paper's numbers".format(MODEL["train"]["size"], MODEL["train"]["steps"],
+                                                         len(MODEL["train"]["photos"]), MODEL["dtype"])
+    if TRAINED
     else f"{MODEL['repo_id']} ({MODEL['dtype']})"
 ) + ("" if config["metrics"]["quantize"] else "; metrics of the float reconstruction, not rounded to 8 bits")
 
@@ -179,8 +186,8 @@ def _paper_preset():
 
 
 PAPER_PRESET = _paper_preset()
-# The preset the budget notebook prices: a GPU preset its own cost, the demo the paper's.
-PRICED = PAPER_PRESET if MODEL["kind"] == "gaussian_mixture" else config
+# The preset the budget notebook prices: a GPU preset its own cost, a demo or another CPU preset the paper's.
+PRICED = PAPER_PRESET if MODEL["kind"] == "gaussian_mixture" or not MODEL["device"].startswith("cuda") else config
 
 
 def executed(name):
@@ -212,6 +219,21 @@ def shown_recon(wildcards=None):
                 wanted += [f"{RESULTS}/recon/{dataset}/{run}/{shard}" for run in RUNS]
     return wanted
 
+
+# A trained network comes with its loss curve and its noise-prediction error (rule model_quality).
+MODEL_REPORT = ({"table": table("model_quality", "model_quality"), "figure": figure("training_loss", "training")}
+                if TRAINED else {})
+
+
+def _demo_fit():
+    """The demo preset's mixture fit (config/demo.yaml), by value, for the trained network's reference."""
+    import yaml
+
+    with open(Path(workflow.basedir) / "config" / "demo.yaml", encoding="utf-8") as f:
+        return validate(yaml.safe_load(f), Path(workflow.basedir) / "config" / "schema.yaml")["model"]["fit"]
+
+
+REFERENCE_FIT = _demo_fit() if TRAINED else None
 
 REPORT_OUTPUTS = {
     "tables": [table(name) for name in TABLES] + [table("paired_psnr_vs_ife")],

@@ -95,3 +95,32 @@ rule efficiency_figure:
         "../envs/diffinv.yaml"
     script:
         "scripts/run_notebook.py"
+
+
+if TRAINED:
+
+    rule model_quality:
+        """The trained network's loss curve, and its noise-prediction MSE on the evaluation images at several
+        noise levels against the exact mixture's posterior mean and trivial predictors."""
+        input:
+            model=model_weights(),
+            losses=rules.train_model.output.losses,
+            reference=rules.fit_reference.output[0],
+            manifests=[preset_manifest(dataset) for dataset in DATASETS],
+            images=[images_dir(dataset) for dataset in DATASETS],
+        output:
+            **MODEL_REPORT,
+        params:
+            datasets=list(DATASETS),
+            timesteps=[50, 200, 500, 800, 950],
+            draws=4,
+            seed=0,
+            label=TABLE_LABEL,
+            code=code("rules/scripts/model_quality.py"),
+        log:
+            f"logs/{PRESET}/report/model_quality.log",
+        threads: 1
+        conda:
+            "../envs/diffinv.yaml"
+        script:
+            "scripts/model_quality.py"

@@ -122,3 +122,18 @@ def test_every_registered_method_has_a_name_and_its_own_colour():
     colours = [figures.color(m) for m in METHODS]
     assert len(set(colours)) == len(colours) and (0.4, 0.4, 0.4) not in colours  # no method in the fallback grey
     assert list(figures.NAMES)[:3] == ["ddim", "ife", "ife_noerr"]  # appended methods keep the old colours
+
+
+def test_training_loss_shows_steps_chunk_means_and_the_rate_and_is_byte_stable(tmp_path):
+    steps = np.arange(120)
+    losses = pd.DataFrame({"step": steps, "loss": 1.0 / (1 + steps) + 0.01, "lr": np.linspace(1e-3, 0, 120)})
+    fig = figures.training_loss(losses, label="learned demo model", window=50)
+    ax, rate = fig.axes
+    per_step, chunks = ax.get_lines()
+    assert len(per_step.get_xdata()) == 120 and list(chunks.get_xdata()) == [24.5, 74.5, 109.5]
+    assert ax.get_yscale() == "log" and len(rate.get_lines()) == 1
+    first, second = figures.save(fig, tmp_path / "a" / "loss"), figures.save(
+        figures.training_loss(losses, label="learned demo model", window=50), tmp_path / "b" / "loss")
+    check_files(first)
+    for ext in ("png", "pdf"):
+        assert first[ext].read_bytes() == second[ext].read_bytes(), ext

@@ -12,7 +12,7 @@ from diffinv.workflow.config import expand_runs
 from snakemake_runner import ROOT, job_counts, load_config, snakemake
 
 @pytest.mark.parametrize("preset", ["config.yaml", "demo.yaml", "demo-flow.yaml", "quick.yaml", "sdxl.yaml",
-                                    "sd3.yaml", "flux.yaml"])
+                                    "sd3.yaml", "flux.yaml", "demo-learned.yaml", "ddpm-cifar10.yaml"])
 def test_lint_is_clean(preset):
     out = snakemake("--lint", "--configfile", str(ROOT / "config" / preset))
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
@@ -75,6 +75,29 @@ def test_demo_flow_dry_run_plans_every_job_in_its_own_folders(tmp_path):
         assert f"results/demo-flow/runs/photos/{name}/000.csv" in out
     assert "results/demo-flow/model/gmm.npz" in out and "tables/demo-flow/paired_psnr_vs_ife.md" in out
     assert "results/demo/" not in out and "tables/demo/" not in out
+
+
+@pytest.mark.parametrize("preset", ["demo-learned", "ddpm-cifar10"])
+def test_pixel_presets_plan_every_job_with_their_model_source(preset, tmp_path):
+    """The learned demo trains its network (and scores it against the demo's mixture); the pretrained DDPM
+    is fetched at its pinned commit. Both evaluate the demo's photographs, one shard per run."""
+    shutil.copytree(ROOT / "data" / "manifests", tmp_path / "data" / "manifests")
+    config = load_config(f"{preset}.yaml")
+    runs, _ = expand_runs(config)
+    out = snakemake("-n", "--configfile", str(ROOT / "config" / f"{preset}.yaml"), cwd=tmp_path).stdout
+    counts = job_counts(out)
+    assert counts["invert"] == len(runs) and counts["error_stats"] == 3 and "fit_model" not in counts
+    for rule in ("tables", "error_figure", "qualitative_figures", "efficiency_figure", "all"):
+        assert counts[rule] == 1, rule
+    assert f"results/{preset}/runs/photos/ife-N10/000.csv" in out and "results/demo/" not in out
+    if preset == "demo-learned":
+        assert counts["train_model"] == counts["fit_reference"] == counts["model_quality"] == 1
+        assert "fetch_weights" not in counts and "results/demo-learned/model/pixel" in out
+        for artefact in ("tables/demo-learned/model_quality.md", "figures/demo-learned/training_loss.png"):
+            assert artefact in out
+    else:
+        assert counts["fetch_weights"] == 1 and "train_model" not in counts and "model_quality" not in counts
+        assert f"data/weights/google--ddpm-cifar10-32-{config['model']['revision']}.json" in out
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):

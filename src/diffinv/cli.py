@@ -65,13 +65,16 @@ def writable_folder(folder: Path) -> Path:
 
 
 def load_model(spec: str, device: str | None, dtype: str | None):
-    """``demo`` (the fitted mixture, cached), ``sd-v1-4``, a diffusers folder (SD, SDXL, SD3 or FLUX.1, told
-    apart by its model_index.json) or a saved mixture (.npz), through :func:`diffinv.models.load`."""
-    from .models import SD_V1_4, folder_kind, load
+    """``demo`` (the fitted mixture, cached), ``sd-v1-4``, ``ddpm-cifar10``, a diffusers folder (SD, SDXL, SD3,
+    FLUX.1 or a pixel-space DDPM/DDIM UNet, told apart by its model_index.json) or a saved mixture (.npz), through
+    :func:`diffinv.models.load`."""
+    from .models import DDPM_CIFAR10, SD_V1_4, folder_kind, load
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     if spec == "sd-v1-4":
         return load("stable_diffusion", SD_V1_4, device=device, dtype=torch_dtype)
+    if spec == "ddpm-cifar10":
+        return load("pixel", DDPM_CIFAR10, device=device, dtype=torch_dtype)
     if spec == "demo":
         from .demo import demo_model
 
@@ -85,7 +88,8 @@ def load_model(spec: str, device: str | None, dtype: str | None):
             return load("gaussian_mixture", path, device=device, dtype=torch_dtype)
         except ValueError as exc:
             raise SystemExit(f"diffinv: --model {spec}: {exc}") from None
-    raise SystemExit(f"--model {spec!r}: not 'demo', 'sd-v1-4', a diffusers folder or a saved mixture file")
+    raise SystemExit(f"--model {spec!r}: not 'demo', 'sd-v1-4', 'ddpm-cifar10', a diffusers folder or a saved "
+                     "mixture file")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -157,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--method", default="ife", choices=sorted(METHODS), help="inversion method")
     inv.add_argument("--model", default="demo",
                      help="'demo' (analytic mixture fitted to shipped photos), 'sd-v1-4' (Stable Diffusion v1.4 "
-                          "at the pinned revision; needs the weights cached or network), a diffusers folder (SD, "
-                          "SDXL, SD3 or FLUX.1, told apart by its model_index.json), or a saved mixture .npz")
+                          "at the pinned revision; needs the weights cached or network), 'ddpm-cifar10' (the "
+                          "32 px pixel-space DDPM google/ddpm-cifar10-32, likewise), a diffusers folder (SD, "
+                          "SDXL, SD3, FLUX.1 or a DDPM/DDIM UNet, told apart by its model_index.json), or a saved "
+                          "mixture .npz")
     inv.add_argument("--prompt", default=None, help="caption used in both directions (default: empty prompt)")
     inv.add_argument("--steps", type=int, default=50, help="number of DDIM steps N")
     inv.add_argument("--guidance", type=float, default=1.0,
@@ -167,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="method parameter, repeatable (see 'diffinv methods'), e.g. --param K=5")
     inv.add_argument("--size", type=int, default=None,
                      help="centre-crop and resize to SIZE x SIZE (default: 512 for SD, 1024 for SDXL, SD3 and "
-                          "FLUX.1; for the mixture, crop to a multiple of its patch size)")
+                          "FLUX.1, a pixel UNet's own sample size; for the mixture, crop to a multiple of its "
+                          "patch size)")
     inv.add_argument("--out", default=None, help="folder for reconstructions (default: next to each image)")
     inv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     inv.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32", "float64"],

@@ -1,4 +1,5 @@
-"""Test helpers: tiny Stable Diffusion, SDXL, SD3 and FLUX.1 folders with **random weights**, built from config.
+"""Test helpers: tiny Stable Diffusion, SDXL, SD3, FLUX.1 and pixel-UNet folders with **random weights**, built from
+config.
 
 For plumbing tests and benchmarks only; nothing it produces means anything about image quality.
 """
@@ -190,8 +191,41 @@ def write_tiny_flux(folder: str | Path, seed: int = 0, *, guidance_embeds: bool 
                  "FluxPipeline")
 
 
+# The public DDPMs' scheduler config (google/ddpm-cifar10-32's scheduler_config.json as public code quotes it):
+# linear betas, DDPMScheduler keys DDIM does not take.
+DDPM_SCHEDULER_CONFIG = {"_class_name": "DDPMScheduler", "beta_start": 0.0001, "beta_end": 0.02,
+                         "beta_schedule": "linear", "num_train_timesteps": 1000, "clip_sample": True,
+                         "variance_type": "fixed_large", "trained_betas": None}
+
+
+def write_tiny_pixel(folder: str | Path, seed: int = 0, *, layout: str = "pipeline",
+                     prediction_type: str = "epsilon") -> Path:
+    """A pixel-space ``UNet2DModel`` (16 px, two levels, attention at 8 px). ``layout="pipeline"``: the folder
+    :func:`diffinv.workflow.training.save_pipeline` writes (``unet/``, ``scheduler/``, SD's schedule as a DDIM config);
+    ``"root"``: the public DDPMs' (``config.json``, weights and a DDPM ``scheduler_config.json`` at the top)."""
+    from .workflow.training import build_unet, save_pipeline
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = build_unet(16, (8, 16), 1, True, 4)
+    if layout == "pipeline":
+        save_pipeline(folder, unet)
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config,
+                                                                                "prediction_type": prediction_type}))
+        return folder
+    if layout != "root":
+        raise ValueError(f"layout must be 'pipeline' or 'root', got {layout!r}")
+    unet.save_pretrained(folder, safe_serialization=True)
+    (folder / "scheduler_config.json").write_text(json.dumps({**DDPM_SCHEDULER_CONFIG,
+                                                              "prediction_type": prediction_type}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "scheduler": [
+        "diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}))
+    return folder
+
+
 TINY_WRITERS = {"stable_diffusion": write_tiny_stable_diffusion, "sdxl": write_tiny_sdxl, "sd3": write_tiny_sd3,
-                "flux": write_tiny_flux}
+                "flux": write_tiny_flux, "pixel": write_tiny_pixel}
 
 
 def model_spec(model, resolution: int):

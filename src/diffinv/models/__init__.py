@@ -1,5 +1,5 @@
-"""Backends behind one protocol: the analytic Gaussian-mixture denoiser, Stable Diffusion 1.x, SDXL, SD3 / 3.5
-and FLUX.1."""
+"""Backends behind one protocol: the analytic Gaussian-mixture denoiser, Stable Diffusion 1.x, SDXL, SD3 / 3.5,
+FLUX.1 and pixel-space UNets (DDPM)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from .base import Conditioning, DiffusionModel
 from .flux import FLUX_DEV, FLUX_DEV_REVISION, FluxBackend
 from .gmm import GaussianMixtureDenoiser, extract_patches, fit_gaussian_mixture
+from .pixel import DDPM_CIFAR10, DDPM_CIFAR10_REVISION, PixelDiffusionBackend
 from .sd3 import SD3_MEDIUM, SD3_MEDIUM_REVISION, StableDiffusion3Backend
 from .sdxl import SDXL_BASE, SDXL_BASE_REVISION, StableDiffusionXLBackend
 from .stable_diffusion import SD_V1_4, SD_V1_4_REVISION, StableDiffusionBackend
@@ -20,10 +21,12 @@ from .stable_diffusion import SD_V1_4, SD_V1_4_REVISION, StableDiffusionBackend
 # model.kind -> its backend. Adding one: its file (a DiffusionModel subclass with its capabilities as class
 # attributes), this entry and its tests (docs/models.md, "Adding a backend").
 BACKENDS: dict[str, type[DiffusionModel]] = {cls.kind: cls for cls in (
-    StableDiffusionBackend, StableDiffusionXLBackend, StableDiffusion3Backend, FluxBackend, GaussianMixtureDenoiser)}
+    StableDiffusionBackend, StableDiffusionXLBackend, StableDiffusion3Backend, FluxBackend, PixelDiffusionBackend,
+    GaussianMixtureDenoiser)}
 # diffusers' pipeline class (model_index.json) -> model.kind
 PIPELINE_KINDS = {"StableDiffusionPipeline": "stable_diffusion", "StableDiffusionXLPipeline": "sdxl",
-                  "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+                  "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "DDPMPipeline": "pixel",
+                  "DDIMPipeline": "pixel"}
 
 
 def backend(kind: str) -> type[DiffusionModel]:
@@ -56,7 +59,8 @@ def folder_kind(folder: str | os.PathLike) -> str:
     return PIPELINE_KINDS[name]
 
 
-__all__ = ["BACKENDS", "backend", "load", "Conditioning", "DiffusionModel", "FLUX_DEV", "FLUX_DEV_REVISION", "FluxBackend",
-           "GaussianMixtureDenoiser", "PIPELINE_KINDS", "SD3_MEDIUM", "SD3_MEDIUM_REVISION", "SDXL_BASE",
-           "SDXL_BASE_REVISION", "SD_V1_4", "SD_V1_4_REVISION", "StableDiffusion3Backend", "StableDiffusionBackend",
-           "StableDiffusionXLBackend", "extract_patches", "fit_gaussian_mixture", "folder_kind"]
+__all__ = ["BACKENDS", "backend", "load", "Conditioning", "DDPM_CIFAR10", "DDPM_CIFAR10_REVISION", "DiffusionModel",
+           "FLUX_DEV", "FLUX_DEV_REVISION", "FluxBackend", "GaussianMixtureDenoiser", "PIPELINE_KINDS",
+           "PixelDiffusionBackend", "SD3_MEDIUM", "SD3_MEDIUM_REVISION", "SDXL_BASE", "SDXL_BASE_REVISION", "SD_V1_4",
+           "SD_V1_4_REVISION", "StableDiffusion3Backend", "StableDiffusionBackend", "StableDiffusionXLBackend",
+           "extract_patches", "fit_gaussian_mixture", "folder_kind"]

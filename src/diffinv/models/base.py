@@ -9,6 +9,7 @@ is one batched call of uncond + cond and counts 2.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -19,6 +20,9 @@ from ..algebra import Prediction
 from ..schedule import Schedule
 
 Prompt = str | Sequence[str] | None
+
+# What a network's raw output can be (DiffusionModel.prediction_type), and the path each lives on.
+PREDICTION_PATHS = {"epsilon": "vp", "v_prediction": "vp", "flow": "flow"}
 
 
 # One embedding per image: a tensor, or for models with several text inputs a dict of tensors with the
@@ -56,9 +60,10 @@ class DiffusionModel(abc.ABC):
     :meth:`forward`.
 
     ``prediction_type`` says what :meth:`forward` returns: ``"epsilon"`` the noise (a VP schedule from a
-    DDIM-style scheduler config), ``"flow"`` a rectified flow's velocity ``v = eps - x`` (a flow schedule
-    from a ``FlowMatchEulerDiscreteScheduler`` config). :meth:`eps` turns either into the noise
-    prediction every method consumes.
+    DDIM-style scheduler config), ``"v_prediction"`` the VP velocity ``v = a eps - s x`` (Salimans & Ho
+    2022, "Progressive distillation", Sec. 4; a DDIM-style config's ``prediction_type``), ``"flow"`` a
+    rectified flow's velocity ``v = eps - x`` (a flow schedule from a ``FlowMatchEulerDiscreteScheduler``
+    config). :meth:`eps` turns each into the noise prediction every method consumes.
     """
 
     prediction_type: ClassVar[str] = "epsilon"
@@ -70,8 +75,10 @@ class DiffusionModel(abc.ABC):
     kind: ClassVar[str] = ""                      # its model.kind
     path: ClassVar[str | None] = "vp"             # "vp" or "flow"; None: chosen by the model's own scheduler config
     image_multiple: ClassVar[int | None] = None   # image sides must be multiples of this (None: no such rule)
-    guidance: ClassVar[str] = "classifier_free"   # or "distilled": the scale is a network input, one pass for any w
+    guidance: ClassVar[str] = "classifier_free"   # "distilled": the scale is a network input, one pass for any w;
+                                                  # "none": unconditional, w = 1 only
     hub: ClassVar[bool] = False                   # its weights are a diffusers repository at a revision
+    trainable: ClassVar[bool] = False             # the workflow can train it instead (model.train)
     options: ClassVar[tuple[str, ...]] = ()       # the keywords :meth:`load` takes beyond device and dtype
     scheduler_config: dict[str, Any]
     device: torch.device
@@ -133,9 +140,9 @@ class DiffusionModel(abc.ABC):
 
     def check_schedule(self, schedule: Schedule) -> None:
         """Refuse a schedule of the other family, or whose alpha-bar (sigma) does not match its timesteps."""
-        if self.prediction_type not in ("epsilon", "flow"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'flow', got {self.prediction_type!r}")
-        wanted = "flow" if self.prediction_type == "flow" else "vp"
+        if self.prediction_type not in PREDICTION_PATHS:
+            raise ValueError(f"prediction_type must be one of {sorted(PREDICTION_PATHS)}, got {self.prediction_type!r}")
+        wanted = PREDICTION_PATHS[self.prediction_type]
         if schedule.path != wanted:
             raise ValueError(f"a {schedule.path} schedule for a model predicting {self.prediction_type}; "
                              f"it needs a {wanted} schedule (model.schedule(num_steps))")
@@ -176,16 +183,23 @@ class DiffusionModel(abc.ABC):
         """The guided prediction at ``timestep`` (:class:`~diffinv.algebra.Prediction`), from :meth:`guided`'s raw
         output: the noise, and at a level with ``a = 0`` the data prediction too.
 
-        ``level`` is ``(a, s)`` of the schedule level the call is made for (a flow model's default: ``sigma =
-        timestep / num_train_timesteps``). A velocity ``v`` gives ``eps = z + a v``; at a level with ``a = 0``
-        (``sigma = 1``, where ``eps = z`` says nothing of the data) also ``x = z - s v``, which
+        ``level`` is ``(a, s)`` of the schedule level the call is made for (default: the training schedule's
+        at ``timestep``; for a flow ``sigma = timestep / num_train_timesteps``). A VP velocity ``v = a eps - s x``
+        gives ``eps = a v + s z`` (``a^2 + s^2 = 1``). A flow velocity ``v`` gives ``eps = z + a v``; at a level
+        with ``a = 0`` (``sigma = 1``, where ``eps = z`` says nothing of the data) also ``x = z - s v``, which
         :mod:`diffinv.algebra` needs there.
         """
         out = self.guided(z, timestep, cond, guidance)
         if self.prediction_type == "epsilon":
             return Prediction(out, at=z)
+        if self.prediction_type == "v_prediction":
+            if level is None:
+                alpha_bar = float(self.alphas_cumprod[int(timestep)])
+                level = (math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar))
+            a, s = level
+            return Prediction(a * out + s * z, at=z)
         if self.prediction_type != "flow":
-            raise ValueError(f"prediction_type must be 'epsilon' or 'flow', got {self.prediction_type!r}")
+            raise ValueError(f"prediction_type must be one of {sorted(PREDICTION_PATHS)}, got {self.prediction_type!r}")
         if level is None:
             sigma = float(timestep) / self.scheduler_config.get("num_train_timesteps", 1000)
             level = (1.0 - sigma, sigma)

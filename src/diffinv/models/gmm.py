@@ -108,6 +108,11 @@ class GaussianMixtureDenoiser(DiffusionModel):
     def schedule_options(self, latent_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
         return dict(self.flow_options)
 
+    def prior_mean(self, shape: tuple[int, ...]) -> Tensor:
+        """``E[x]`` under the prior for a batch of ``shape`` (each patch the mixture's mean)."""
+        rows = self._to_rows(torch.zeros(shape, device=self.device, dtype=self.dtype))
+        return self._from_rows(self._prior_mean.expand_as(rows), torch.Size(shape))
+
     def noise_posterior_mean(self, rows: Tensor, alpha_bar: float) -> Tensor:
         """``E[n | z]`` for rows of shape (M, D) at the VP noise level ``alpha_bar``."""
         return self.posterior_noise(rows, math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar))

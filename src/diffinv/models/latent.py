@@ -69,9 +69,9 @@ class Components:
         except (OSError, EnvironmentError) as exc:
             raise self._fail(exc) from exc
 
-    def scheduler_config(self, cls: Any) -> dict[str, Any]:
+    def scheduler_config(self, cls: Any, subfolder: str | None = "scheduler") -> dict[str, Any]:
         try:
-            return dict(cls.load_config(self.source, subfolder="scheduler", **self.common))
+            return dict(cls.load_config(self.source, subfolder=subfolder, **self.common))
         except (OSError, EnvironmentError) as exc:
             raise self._fail(exc) from exc
 

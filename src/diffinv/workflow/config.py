@@ -241,11 +241,7 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
             takes = [o for o in MODEL_OPTIONS if o in backend.options]
             raise ConfigError(f"config key model.{key}: not an option of the {model['kind']} model (it takes "
                               f"{', '.join(takes) or 'none of ' + ', '.join(MODEL_OPTIONS)})")
-    if backend.hub:
-        missing = [key for key in ("repo_id", "revision") if key not in model]
-        if missing:
-            raise ConfigError(f"config key model.{missing[0]}: the {model['kind']} model's weights are a diffusers "
-                              "repository at a pinned commit: set repo_id and revision")
+    _check_weights(model, backend)
     _check_mixture_path(model)
     path = model_path(model)
     for name in config["runs"]:  # a sweep variant has its run's method
@@ -253,6 +249,15 @@ def prepare(config: dict[str, Any], schema_path: str | Path) -> tuple[dict[str, 
         if path not in paths:
             raise ConfigError(f"config key runs.{name}.method: {runs[name].method} is defined on the "
                               f"{' and '.join(paths)} path only; this {model['kind']} model is on the {path} path")
+    if backend.guidance == "none":
+        for run in runs.values():
+            for key in ("guidance", "reconstruction_guidance"):
+                if getattr(run, key) != 1.0:
+                    raise ConfigError(f"config key runs.{run.name}.{key} (or inversion.{key}): the {model['kind']} "
+                                      f"model is unconditional, so guidance {getattr(run, key)} has nothing to guide "
+                                      "towards; set it to 1")
+    if "train" in model:
+        _check_training(model)
     if model["kind"] == "gaussian_mixture":
         from .data import PHOTOS
 
@@ -279,6 +284,52 @@ def _num_steps_key(config: dict[str, Any], name: str) -> str:
         if base in sweep["runs"] and variant.startswith("N") and sweep["param"] == "num_steps":
             return f"sweeps.{index}.values"
     return _num_steps_key(config, base) if base in config["runs"] else "inversion.num_steps"
+
+
+def _check_weights(model: dict[str, Any], backend) -> None:
+    """A Hub backend's weights are fetched (repo_id at a pinned revision) or, where it is trainable, trained
+    by the workflow (model.train): exactly one of the two."""
+    if "train" in model and not backend.trainable:
+        raise ConfigError(f"config key model.train: the settings of a network the workflow trains; a "
+                          f"{model['kind']} model is not trained by the workflow")
+    if not backend.hub:
+        return
+    fetched = [key for key in ("repo_id", "revision") if key in model]
+    if "train" in model:
+        if fetched:
+            raise ConfigError(f"config key model.{fetched[0]}: the {model['kind']} model is trained by the workflow "
+                              "(model.train) or fetched (model.repo_id and model.revision), not both")
+        return
+    missing = [key for key in ("repo_id", "revision") if key not in model]
+    if missing:
+        raise ConfigError(f"config key model.{missing[0]}: the {model['kind']} model's weights are a diffusers "
+                          "repository at a pinned commit: set repo_id and revision"
+                          + (" (or train it: model.train)" if backend.trainable else ""))
+
+
+def _check_training(model: dict[str, Any]) -> None:
+    """A trained network sees none of the evaluation photographs and is evaluated at the size it learned."""
+    from ..models.pixel import downsampling
+    from .data import DEMO_EVAL, PHOTOS
+
+    train = model["train"]
+    unknown = [p for p in train["photos"] if p not in PHOTOS]
+    if unknown:
+        raise ConfigError(f"config key model.train.photos: unknown photos {unknown}; known: {sorted(PHOTOS)}")
+    held_out = [p for p in train["photos"] if p in DEMO_EVAL]
+    if held_out:
+        raise ConfigError(f"config key model.train.photos: {held_out} are evaluation photographs (the photos "
+                          "manifest is cut from them); a network trained on them would be scored on its training data")
+    if train["size"] != model["resolution"]:
+        raise ConfigError(f"config key model.resolution: {model['resolution']}, but the network is trained at "
+                          f"model.train.size = {train['size']} px; evaluate it at that size")
+    multiple = downsampling(len(train["channels"]))
+    if train["size"] % multiple:
+        raise ConfigError(f"config key model.train.size: a UNet with {len(train['channels'])} levels needs a "
+                          f"multiple of {multiple}")
+    if any(c % train["norm_groups"] for c in train["channels"]):
+        raise ConfigError(f"config key model.train.channels: {train['channels']} must all be multiples of "
+                          f"model.train.norm_groups = {train['norm_groups']}")
 
 
 def _check_mixture_path(model: dict[str, Any]) -> None:

@@ -208,3 +208,29 @@ def quality_vs_cost(points: pd.DataFrame, *, metric: str = "psnr", metric_label:
     fig.tight_layout()
     _footer(fig, label)
     return fig
+
+
+# ---------------------------------------------------------------- the trained network
+
+def training_loss(losses: pd.DataFrame, *, label: str = "", window: int = 50) -> Figure:
+    """A trained network's loss curve: the noise-prediction MSE of every step's batch (light) and its mean
+    over consecutive ``window``-step chunks (dark), log axis, with the learning rate on a second axis."""
+    theme()
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
+    ax.plot(losses["step"], losses["loss"], color="0.75", linewidth=0.6, label="per step")
+    chunks = losses.groupby(losses["step"] // window)
+    ax.plot(chunks["step"].mean(), chunks["loss"].mean(), color="C0", linewidth=1.5, marker="o", markersize=2,
+            label=f"mean of {window} steps")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("noise-prediction MSE")
+    rate = ax.twinx()
+    rate.plot(losses["step"], losses["lr"], color="C3", linewidth=0.8, linestyle="--", label="learning rate")
+    rate.set_ylabel("learning rate", color="C3")
+    rate.tick_params(axis="y", colors="C3")
+    rate.grid(False)
+    handles = ax.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", frameon=False)
+    fig.tight_layout()
+    _footer(fig, label)
+    return fig

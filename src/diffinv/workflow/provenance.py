@@ -186,11 +186,18 @@ def library_versions() -> dict[str, str]:
 def weights_digest(path: str | Path) -> str:
     """sha256 of a model's weights, independent of how the file was written: for a fitted mixture
     (``.npz``) its arrays in name order; for a snapshot manifest (``fetch_weights``' JSON) its list of
-    file digests, which the manifest verified against the snapshot."""
+    file digests, which the manifest verified against the snapshot; for a folder the workflow trained,
+    the same list made from its files."""
     path = Path(path)
     h = hashlib.sha256()
     if path.suffix == ".json":
         files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        h.update(json.dumps(files, sort_keys=True).encode())
+    elif path.is_dir():
+        files = [{"path": f.relative_to(path).as_posix(), "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                  "size": f.stat().st_size} for f in sorted(path.rglob("*")) if f.is_file()]
+        if not files:
+            raise ValueError(f"{path}: an empty folder has no weights")
         h.update(json.dumps(files, sort_keys=True).encode())
     else:
         with np.load(path, allow_pickle=False) as arrays:

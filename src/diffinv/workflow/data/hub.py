@@ -26,8 +26,11 @@ from ...digest import file_digests
 # never build it (a diffusers StableDiffusionPipeline would need `safety_checker=None` passed
 # explicitly). Single-file checkpoints at a repository's top level (SDXL's sd_xl_base_1.0.safetensors,
 # FLUX.1-dev's flux1-dev.safetensors and ae.safetensors) and the copies for other tools (SDXL's
-# vae_1_0/, SD3.5's text_encoders/) duplicate the component folders and are skipped.
-SD_ALLOW = ["*.json", "*.txt", "*/*.safetensors", "*/spiece.model"]
+# vae_1_0/, SD3.5's text_encoders/) duplicate the component folders and are skipped. A pixel-space
+# UNet2DModel (model.kind pixel) may instead have its weights at the top level, as the public DDPM
+# repositories (google/ddpm-*) do beside config.json and scheduler_config.json: the one top-level name
+# allowed, which no latent-diffusion repository uses.
+SD_ALLOW = ["*.json", "*.txt", "*/*.safetensors", "*/spiece.model", "diffusion_pytorch_model*.safetensors"]
 SD_IGNORE = ["*.fp16.*", "*.fp16-*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*", "safety_checker/*", "vae_1_0/*",
              "text_encoders/*"]
 

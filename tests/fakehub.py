@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from httpserver import LocalServer
 
@@ -39,3 +39,17 @@ def serve_repo(server: LocalServer, repo: str, commit: str, files: dict[str, byt
         tree.append(entry)
     server.add(f"/api/models/{repo}/tree/{commit}", json.dumps(tree).encode(),
                headers={"Content-Type": "application/json"})
+
+
+def fetch_through_hub(server: LocalServer, repo: str, commit: str, folder: Path, decoys: dict[str, bytes],
+                      cache: Path) -> Path:
+    """Serve the diffusers ``folder`` (plus ``decoys``, files a snapshot must skip) as ``repo`` at ``commit``,
+    snapshot it through the real download code, and check it brought back exactly the folder's files."""
+    from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot
+
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    serve_repo(server, repo, commit, files | decoys)
+    out = snapshot(repo, commit, cache, allow_patterns=SD_ALLOW, ignore_patterns=SD_IGNORE, endpoint=server.url)
+    fetched = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert fetched == set(files), (repo, fetched ^ set(files))
+    return out

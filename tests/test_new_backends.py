@@ -10,12 +10,11 @@ import torch
 from diffinv import METHODS, invert, reconstruct
 from diffinv.api import Run
 from diffinv.workflow.config import ConfigError, ModelSpec, nfe_estimate, prepare
-from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot
 from diffinv.models import BACKENDS, Conditioning, folder_kind
 from diffinv.models.flux import image_ids, pack, unpack
 from diffinv.workflow.runs import load_model
 from diffinv.testing import FLOW_SCALING_FACTOR, FLOW_SHIFT_FACTOR, SCALING_FACTOR, TINY_WRITERS, write_tiny_sd3
-from fakehub import serve_repo
+from fakehub import fetch_through_hub
 from httpserver import LocalServer
 from snakemake_runner import ROOT, load_config
 
@@ -34,13 +33,8 @@ def folders(tmp_path_factory):
     out = {}
     with LocalServer() as server:
         for kind in KINDS:
-            folder = TINY_WRITERS[kind](root / kind)
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-            serve_repo(server, f"test/tiny-{kind}", COMMIT, files | DECOYS)
-            out[kind] = snapshot(f"test/tiny-{kind}", COMMIT, root / "hub", allow_patterns=SD_ALLOW,
-                                 ignore_patterns=SD_IGNORE, endpoint=server.url)
-            fetched = {p.relative_to(out[kind]).as_posix() for p in out[kind].rglob("*") if p.is_file()}
-            assert fetched == set(files), (kind, fetched ^ set(files))
+            out[kind] = fetch_through_hub(server, f"test/tiny-{kind}", COMMIT, TINY_WRITERS[kind](root / kind),
+                                          DECOYS, root / "hub")
     return out
 
 

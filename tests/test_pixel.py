@@ -11,13 +11,13 @@ import torch
 
 from diffinv import invert, reconstruct
 from diffinv.workflow.config import ConfigError, ModelSpec, prepare
-from diffinv.workflow.data.hub import SD_ALLOW, SD_IGNORE, snapshot, write_weights_manifest
+from diffinv.workflow.data.hub import write_weights_manifest
 from diffinv.models import BACKENDS, Conditioning, PixelDiffusionBackend, folder_kind
 from diffinv.workflow.provenance import weights_digest
 from diffinv.workflow.runs import load_model
 from diffinv.schedule import Schedule, ddim_scheduler
 from diffinv.testing import DDPM_SCHEDULER_CONFIG, write_tiny_pixel
-from fakehub import serve_repo
+from fakehub import fetch_through_hub
 from httpserver import LocalServer
 from snakemake_runner import ROOT, load_config
 
@@ -36,13 +36,8 @@ def folders(tmp_path_factory):
     out = {}
     with LocalServer() as server:
         for layout in LAYOUTS:
-            folder = write_tiny_pixel(root / layout, layout=layout)
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-            serve_repo(server, f"test/ddpm-{layout}", COMMIT, files | DECOYS)
-            out[layout] = snapshot(f"test/ddpm-{layout}", COMMIT, root / "hub", allow_patterns=SD_ALLOW,
-                                   ignore_patterns=SD_IGNORE, endpoint=server.url)
-            fetched = {p.relative_to(out[layout]).as_posix() for p in out[layout].rglob("*") if p.is_file()}
-            assert fetched == set(files), (layout, fetched ^ set(files))
+            out[layout] = fetch_through_hub(server, f"test/ddpm-{layout}", COMMIT,
+                                            write_tiny_pixel(root / layout, layout=layout), DECOYS, root / "hub")
     return out
 
 

@@ -70,13 +70,42 @@ def compare(root: Path, first: str, second: str, *runs: str) -> str:
     chosen = list(runs) or shared
     lines = [f"| run | {first}: difference (dB) | {first}: says | {second}: difference (dB) | {second}: says | "
              "orderings |", "|---|---|---|---|---|---|"]
+    differ = []
     for name in chosen:
         a, b = frames[first].loc[name], frames[second].loc[name]
         same = a["verdict"].split()[0] == b["verdict"].split()[0]
+        differ += [] if same else [f"{name} ({a['verdict'].split()[0]} on {first}, {b['verdict'].split()[0]} on {second})"]
         lines.append(f"| {name} | {_difference(a)} | {a['verdict']} | {_difference(b)} | {b['verdict']} | "
                      f"{'agree' if same else '**differ**'} |")
+    summary = (f"The verdicts differ for {len(differ)} of {len(chosen)} runs: {'; '.join(differ)}." if differ else
+               f"The verdicts agree for all {len(chosen)} runs.")
     sources = " ".join(_origin(root / "tables" / p / "paired_psnr_vs_ife.csv", root) for p in (first, second))
-    return "\n".join(lines + ["", sources]) + "\n"
+    return "\n".join(lines + ["", summary, "", sources]) + "\n"
+
+
+def rows(root: Path, preset: str, table: str, runs: str, columns: str) -> str:
+    """Some rows and columns of one committed table (``runs`` and ``columns`` comma-separated; ``runs`` may be
+    ``all``), each column with its 95% CI where the table has one."""
+    path = root / "tables" / preset / f"{table}.csv"
+    frame = _table(path).set_index("run")
+    chosen = list(frame.index) if runs == "all" else runs.split(",")
+    wanted = columns.split(",")
+    missing = [r for r in chosen if r not in frame.index] + [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{path}: no run or column {missing}")
+
+    def cell(row: pd.Series, column: str) -> str:
+        value = row[column]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return str(value)
+        if f"{column}_ci95" in frame.columns:
+            return f"{value:.4g} ± {row[f'{column}_ci95']:.2g}" if abs(value) < 1 else \
+                f"{value:.2f} ± {row[f'{column}_ci95']:.2f}"
+        return f"{value:g}"
+
+    lines = ["| run | " + " | ".join(wanted) + " |", "|---" * (len(wanted) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(frame.loc[name], c) for c in wanted) + " |" for name in chosen]
+    return "\n".join(lines + ["", _origin(path, root)]) + "\n"
 
 
 def throughput(root: Path) -> str:
@@ -94,7 +123,8 @@ def throughput(root: Path) -> str:
     return "\n".join(lines + ["", f"From `{path.relative_to(root).as_posix()}` ({data['model']})."]) + "\n"
 
 
-GENERATORS: dict[str, Callable[..., str]] = {"paired": paired, "compare": compare, "throughput": throughput}
+GENERATORS: dict[str, Callable[..., str]] = {"paired": paired, "compare": compare, "rows": rows,
+                                             "throughput": throughput}
 
 
 def render(text: str, root: Path) -> str:

@@ -13,8 +13,8 @@ from diffinv.workflow.data import load_photo
 from diffinv.workflow.provenance import weights_digest
 from diffinv.workflow.runs import load_model
 from diffinv.schedule import Schedule
-from diffinv.workflow.training import (error_table, noise_prediction_errors, sample_views, save_trained, train_unet,
-                              training_views)
+from diffinv.workflow.model_quality import error_table, noise_prediction_errors
+from diffinv.workflow.training import sample_views, save_trained, train_unet, training_views
 
 TINY = dict(size=16, crop_sides=[64], channels=[8, 16], layers_per_block=1, attention=False, norm_groups=4,
             steps=3, batch=4, lr=2e-3, warmup=1, seed=0, threads=1)
@@ -72,9 +72,13 @@ def test_the_bayes_optimal_predictor_scores_best_on_samples_of_its_prior():
     other = random_mixture(k=4, d=48, seed=4)  # another prior: a predictor with a known error
     x = sample_mixture(exact, 24).reshape(24, 3, 4, 4)
     rows = noise_prediction_errors({"network": other, "mixture": exact}, x, [100, 500, 900],
-                                   prior_mean=exact.prior_mean(tuple(x.shape)), draws=2)
+                                   prior_mean=exact.prior_mean(tuple(x.shape)), draws=2, reference="mixture")
     table = error_table(rows)
     assert list(table["timestep"]) == [100, 500, 900] and (table["images"] == 24).all()
     assert (table["mixture"] < table["network"]).all() and (table["network_over_mixture"] > 1).all()
     assert (table["mixture"] < table["prior_mean"]).all() and (table["mixture"] < table["zero"]).all()
     assert np.allclose(table["zero"], 1, atol=3 * table["zero_ci95"].max())  # E|n|^2 = 1 per element
+    # the paired difference is the difference of the means, and its CI is tighter than theirs
+    assert np.allclose(table["network_minus_mixture"], table["network"] - table["mixture"])
+    assert (table["network_minus_mixture_ci95"] < table["network_ci95"] + table["mixture_ci95"]).all()
+    assert set(table["network_vs_mixture"]) <= {"higher", "not resolved"} and "higher" in set(table["network_vs_mixture"])

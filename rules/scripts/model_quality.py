@@ -17,7 +17,7 @@ from diffinv.models import GaussianMixtureDenoiser
 from diffinv.workflow.notebooks import provenance_line
 from diffinv.workflow.runs import load_model
 from diffinv.workflow.tables import write_table
-from diffinv.workflow.training import error_table, noise_prediction_errors
+from diffinv.workflow.model_quality import error_table, noise_prediction_errors
 
 p = snakemake.params
 label = f"{p.label}; {provenance_line(Path(snakemake.scriptdir).parents[1])}"
@@ -31,7 +31,7 @@ for dataset, manifest, folder in zip(p.datasets, snakemake.input.manifests, snak
                        dtype=torch.float64)
     for row in noise_prediction_errors({"network": network, "mixture": mixture}, images, p.timesteps,
                                        prior_mean=mixture.prior_mean(tuple(images.shape)), draws=p.draws,
-                                       seed=p.seed):
+                                       seed=p.seed, reference="mixture"):
         rows.append({"dataset": dataset, **row})
     logging.info("%s: %d images", dataset, len(items))
 frame = error_table(rows)
@@ -39,6 +39,7 @@ table = Path(snakemake.output.table[0])
 write_table(frame, table.parent, table.stem,
             f"Noise-prediction MSE of the trained network on the evaluation images at {spec.resolution} px (mean "
             f"± 95% CI over images, {p.draws} noise draws each), against the exact posterior mean of the demo's "
-            "Gaussian mixture (config/demo.yaml's fit; Bayes-optimal for that prior), eps = 0 and the prior-mean "
-            f"data prediction; {label}")
+            "Gaussian mixture (config/demo.yaml's fit; Bayes-optimal for that prior, not for photographs), eps = 0 "
+            "and the prior-mean data prediction; network_minus_mixture is the paired per-image difference, and "
+            f"network_vs_mixture what its CI supports (lower: the network's error is below the mixture's); {label}")
 save(training_loss(pd.read_csv(snakemake.input.losses), label=label), Path(snakemake.output.figure[0]).with_suffix(""))

@@ -70,11 +70,14 @@ def compare(root: Path, first: str, second: str, *runs: str) -> str:
     chosen = list(runs) or shared
     lines = [f"| run | {first}: difference (dB) | {first}: says | {second}: difference (dB) | {second}: says | "
              "orderings |", "|---|---|---|---|---|---|"]
+    def says(row: pd.Series) -> str:  # "higher (exact)" is "higher"; "not resolved" stays whole
+        return "not resolved" if row["verdict"].startswith("not") else row["verdict"].split()[0]
+
     differ = []
     for name in chosen:
         a, b = frames[first].loc[name], frames[second].loc[name]
-        same = a["verdict"].split()[0] == b["verdict"].split()[0]
-        differ += [] if same else [f"{name} ({a['verdict'].split()[0]} on {first}, {b['verdict'].split()[0]} on {second})"]
+        same = says(a) == says(b)
+        differ += [] if same else [f"{name} ({says(a)} on {first}, {says(b)} on {second})"]
         lines.append(f"| {name} | {_difference(a)} | {a['verdict']} | {_difference(b)} | {b['verdict']} | "
                      f"{'agree' if same else '**differ**'} |")
     summary = (f"The verdicts differ for {len(differ)} of {len(chosen)} runs: {'; '.join(differ)}." if differ else
@@ -85,9 +88,12 @@ def compare(root: Path, first: str, second: str, *runs: str) -> str:
 
 def rows(root: Path, preset: str, table: str, runs: str, columns: str) -> str:
     """Some rows and columns of one committed table (``runs`` and ``columns`` comma-separated; ``runs`` may be
-    ``all``), each column with its 95% CI where the table has one."""
+    ``all``), each column with its 95% CI where the table has one. A table without a ``run`` column is keyed
+    by its first column after ``dataset``."""
     path = root / "tables" / preset / f"{table}.csv"
-    frame = _table(path).set_index("run")
+    frame = _table(path)
+    key = "run" if "run" in frame else next(c for c in frame.columns if c != "dataset")  # a table without runs
+    frame = frame.set_index(key)
     chosen = list(frame.index) if runs == "all" else runs.split(",")
     wanted = columns.split(",")
     missing = [r for r in chosen if r not in frame.index] + [c for c in wanted if c not in frame.columns]
@@ -103,7 +109,7 @@ def rows(root: Path, preset: str, table: str, runs: str, columns: str) -> str:
                 f"{value:.2f} ± {row[f'{column}_ci95']:.2f}"
         return f"{value:g}"
 
-    lines = ["| run | " + " | ".join(wanted) + " |", "|---" * (len(wanted) + 1) + "|"]
+    lines = [f"| {key} | " + " | ".join(wanted) + " |", "|---" * (len(wanted) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(frame.loc[name], c) for c in wanted) + " |" for name in chosen]
     return "\n".join(lines + ["", _origin(path, root)]) + "\n"
 

@@ -4,7 +4,7 @@ The network is a diffusers ``UNet2DModel`` trained with the epsilon objective of
 ``t ~ U{0..T-1}``, ``z = a_t x + s_t n``, minimise ``|n - eps(z, t)|^2``) on Stable Diffusion's VP schedule
 (:data:`~diffinv.schedule.STABLE_DIFFUSION_SCHEDULER_CONFIG`: scaled-linear betas 0.00085 to 0.012, 1,000
 steps), so every method walks the paper's DDIM grid on it. Its data are the demo's fit photographs
-(:data:`~diffinv.data.DEMO_FIT`, the pixels the analytic mixture is fitted to), never the evaluation ones:
+(:data:`~diffinv.workflow.data.DEMO_FIT`, the pixels the analytic mixture is fitted to), never the evaluation ones:
 each step draws ``size``-pixel views of them at the evaluation manifest's scales, the whole photograph
 (its centre square resized to ``size``, as a whole evaluation image is) or a square of ``crop_sides`` source
 pixels resized to ``size`` (as the manifest's 128 and 64 px crops are), flipped left-right at random.
@@ -14,9 +14,7 @@ thread count is fixed (a reduction split over another number of threads rounds d
 diffusers ``DDIMPipeline`` folder (safetensors), loadable by :class:`~diffinv.models.PixelDiffusionBackend`
 and by ``diffusers.DDIMPipeline.from_pretrained``.
 
-:func:`noise_prediction_errors` says how good a network is: its noise-prediction MSE at given timesteps
-against the true noise, beside the exact posterior mean of a Gaussian-mixture prior (Bayes-optimal when the
-data follow that prior) and trivial predictors.
+How good the network is: :mod:`diffinv.workflow.model_quality`.
 """
 
 from __future__ import annotations
@@ -156,72 +154,3 @@ def save_trained(folder: str | Path, unet: Any, settings: Mapping[str, Any]) -> 
     (folder / "training.json").write_text(json.dumps({"trained_by": "diffinv.workflow.training.train_unet",
                                                       "settings": dict(settings)}, indent=2, sort_keys=True) + "\n")
     return folder
-
-
-# ---------------------------------------------------------------- how good a network is
-
-def noise_prediction_errors(models: Mapping[str, Any], images: Tensor, timesteps: Sequence[int], *,
-                            prior_mean: Tensor | None = None, draws: int = 4, seed: int = 0) -> list[dict[str, Any]]:
-    """Per timestep and predictor, the noise-prediction MSE over ``images`` (B, 3, H, W) in [-1, 1] and
-    ``draws`` noise draws each: ``z = a x + s n``, the MSE of ``eps_hat(z)`` against ``n`` per image (mean
-    over draws and elements), then its mean and 95% CI over images.
-
-    ``models``: name -> a :class:`~diffinv.models.DiffusionModel` (its guided noise prediction at the level
-    ``(a, s)``; all on the same training schedule). Trivial predictors beside them: ``zero`` (``eps_hat = 0``,
-    MSE about 1) and, given ``prior_mean`` (an image), ``prior_mean``: ``eps_hat = (z - a m) / s``, the
-    noise if the data were the prior mean."""
-    from ..models.base import Conditioning
-    from .results import mean_ci
-
-    import pandas as pd
-
-    first = next(iter(models.values()))
-    acp = first.alphas_cumprod
-    for name, model in models.items():
-        if not torch.equal(model.alphas_cumprod, acp):
-            raise ValueError(f"model {name!r} has another training schedule than {next(iter(models))!r}")
-    x = images.double()
-    generator = torch.Generator().manual_seed(seed)
-    unconditional = Conditioning(None, None)
-    rows = []
-    for t in timesteps:
-        alpha_bar = float(acp[t])
-        a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-        errors: dict[str, Tensor] = {}
-        for _ in range(draws):
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-            z = a * x + s * noise
-            predictions = {name: model.eps(z.to(model.latent_dtype), t, unconditional, level=(a, s)).double()
-                           for name, model in models.items()}
-            predictions["zero"] = torch.zeros_like(z)
-            if prior_mean is not None:
-                predictions["prior_mean"] = (z - a * prior_mean.double()) / s
-            for name, prediction in predictions.items():
-                per_image = (prediction - noise).pow(2).flatten(1).mean(1)
-                errors[name] = errors.get(name, 0) + per_image / draws
-        for name, per_image in errors.items():
-            mean, ci = mean_ci(pd.Series(per_image.numpy()))
-            rows.append({"timestep": t, "alpha_bar": alpha_bar, "predictor": name, "mse": mean, "mse_ci95": ci,
-                         "images": len(per_image), "draws": draws})
-    return rows
-
-
-def error_table(rows: Sequence[Mapping[str, Any]], reference: str = "mixture"):
-    """:func:`noise_prediction_errors`' rows as one line per (dataset, timestep): each predictor's MSE with its
-    CI, and each model's MSE over ``reference``'s (1: as good as the Bayes-optimal predictor for its prior)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
-    keys = [k for k in ("dataset", "timestep", "alpha_bar") if k in frame]
-    out = frame[keys].drop_duplicates().reset_index(drop=True)
-    predictors = list(dict.fromkeys(frame["predictor"]))
-    for name in predictors:
-        part = frame[frame["predictor"] == name].set_index(keys)[["mse", "mse_ci95"]]
-        part.columns = [name, f"{name}_ci95"]
-        out = out.join(part, on=keys)
-    for name in predictors:
-        if name not in (reference, "zero", "prior_mean"):
-            out[f"{name}_over_{reference}"] = out[name] / out[reference]
-    out["images"] = frame.groupby(keys, sort=False)["images"].first().to_numpy()
-    out["draws"] = frame.groupby(keys, sort=False)["draws"].first().to_numpy()
-    return out

@@ -224,6 +224,8 @@ def test_paired_differences_are_per_image_and_skip_failed_images(results, runs):
     assert row["difference"] == pytest.approx(diff.mean())
     assert row["difference_ci95"] == pytest.approx(mean_ci(diff)[1])
     assert row["better"] == (diff > 0).sum()
+    counted = ok_rows(results, "coco", "ddim")  # the cost is the model's count, inversion plus reconstruction
+    assert row["nfe_total"] == (counted["nfe_inversion"] + counted["nfe_reconstruction"]).mean()
     exact = table[(table["dataset"] == "coco") & (table["run"] == "bdia")].iloc[0]
     assert exact["difference"] == math.inf and exact["better"] == 3
     assert exact["verdict"] == "higher (exact)"

@@ -53,12 +53,12 @@ def paired(root: Path, preset: str, *runs: str) -> str:
     missing = [r for r in chosen if r not in frame.index]
     if missing:
         raise KeyError(f"{path}: no run {missing}")
-    lines = ["| run | NFE | PSNR (dB) | IFE run (NFE) | IFE PSNR | difference (dB, 95% CI) | the CI says |",
+    lines = ["| run | NFE (inv+rec) | PSNR (dB) | IFE run (NFE) | IFE PSNR | difference (dB, 95% CI) | the CI says |",
              "|---|---|---|---|---|---|---|"]
     for name in chosen:
         row = frame.loc[name]
-        lines.append(f"| {name} | {row['nfe_per_image']} | {row['psnr']:.2f} | {row['reference']} "
-                     f"({row['reference_nfe']}) | {row['reference_psnr']:.2f} | {_difference(row)} | {row['verdict']} |")
+        lines.append(f"| {name} | {row['nfe_total']:g} | {row['psnr']:.2f} | {row['reference']} "
+                     f"({row['reference_nfe_total']:g}) | {row['reference_psnr']:.2f} | {_difference(row)} | {row['verdict']} |")
     return "\n".join(lines + ["", _origin(path, root)]) + "\n"
 
 
@@ -105,8 +105,8 @@ def rows(root: Path, preset: str, table: str, runs: str, columns: str) -> str:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return str(value)
         if f"{column}_ci95" in frame.columns:
-            return f"{value:.4g} ± {row[f'{column}_ci95']:.2g}" if abs(value) < 1 else \
-                f"{value:.2f} ± {row[f'{column}_ci95']:.2f}"
+            return f"{value:.4g} ± {row[f'{column}_ci95']:.2g}" if abs(value) < 10 else \
+                f"{value:.2f} ± {row[f'{column}_ci95']:.2f}"  # dB: two decimals
         return f"{value:g}"
 
     lines = [f"| {key} | " + " | ".join(wanted) + " |", "|---" * (len(wanted) + 1) + "|"]

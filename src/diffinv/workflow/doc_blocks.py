@@ -109,7 +109,10 @@ def rows(root: Path, preset: str, table: str, runs: str, columns: str) -> str:
                 f"{value:.2f} ± {row[f'{column}_ci95']:.2f}"  # dB: two decimals
         return f"{value:g}"
 
-    lines = [f"| {key} | " + " | ".join(wanted) + " |", "|---" * (len(wanted) + 1) + "|"]
+    from .tables import LABELS
+
+    lines = [f"| {LABELS.get(key, key)} | " + " | ".join(LABELS.get(c, c) for c in wanted) + " |",
+             "|---" * (len(wanted) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(frame.loc[name], c) for c in wanted) + " |" for name in chosen]
     return "\n".join(lines + ["", _origin(path, root)]) + "\n"
 
